@@ -1,0 +1,20 @@
+//! qmedic: a self-healing agent for message brokers.
+//!
+//! Broker semantics and remediation logic run as sandboxed WebAssembly plugins that share one
+//! host API (`plugin-sdk/wit/qmedic.wit`). This crate is the agent: its configuration, the
+//! sandbox ([`Runtime`]), the host side of the contract, and the connections it owns on the
+//! plugins' behalf.
+
+mod builtin;
+pub mod config;
+mod connections;
+pub(crate) mod host;
+pub mod location;
+pub mod manifest;
+pub mod runtime;
+
+pub use config::{Config, ConfigError, Limits};
+pub use host::LogLine;
+pub use location::{Located, Location};
+pub use manifest::{Capability, Manifest, PluginKind};
+pub use runtime::{Call, CallError, Grant, LoadError, Origin, Plugin, PluginFailure, PluginInfo, Runtime, sha256_hex};

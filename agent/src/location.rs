@@ -1,0 +1,88 @@
+//! `file:line:column` for every error in a file an operator wrote.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// A position in a file, 1-based. `line` 0 means the file as a whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    pub file: PathBuf,
+    pub line: u64,
+    pub column: u64,
+}
+
+/// An error in an operator's file, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{location}: {message}")]
+pub struct Located {
+    pub location: Location,
+    pub message: String,
+}
+
+impl Location {
+    /// The file as a whole, when no finer position is known.
+    pub fn file(file: &Path) -> Self {
+        Location { file: file.to_path_buf(), line: 0, column: 0 }
+    }
+
+    pub fn at(file: &Path, line: u64, column: u64) -> Self {
+        Location { file: file.to_path_buf(), line, column }
+    }
+
+    /// The position of byte `offset` in `text`.
+    pub fn from_offset(file: &Path, text: &str, offset: usize) -> Self {
+        let before = &text[..offset.min(text.len())];
+        let line = before.matches('\n').count() as u64 + 1;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let column = before[line_start..].chars().count() as u64 + 1;
+        Location::at(file, line, column)
+    }
+
+    /// The first line where `key` is defined (`key =` or `key:`), for checks made after parsing.
+    pub fn of_key(file: &Path, text: &str, key: &str) -> Self {
+        for (i, line) in text.lines().enumerate() {
+            let trimmed = line.trim_start();
+            if let Some(rest) = trimmed.strip_prefix(key)
+                && matches!(rest.trim_start().chars().next(), Some('=' | ':'))
+            {
+                let column = (line.len() - trimmed.len()) as u64 + 1;
+                return Location::at(file, i as u64 + 1, column);
+            }
+        }
+        Location::file(file)
+    }
+
+    pub fn error(self, message: impl Into<String>) -> Located {
+        Located { location: self, message: message.into() }
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}", self.file.display())
+        } else {
+            write!(f, "{}:{}:{}", self.file.display(), self.line, self.column)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_become_lines_and_columns() {
+        let text = "a = 1\nbb = 2\n";
+        let loc = Location::from_offset(Path::new("f"), text, 9);
+        assert_eq!((loc.line, loc.column), (2, 4));
+        assert_eq!(loc.to_string(), "f:2:4");
+    }
+
+    #[test]
+    fn keys_are_found_by_their_definition() {
+        let text = "x: 1\n  name: y\n";
+        let loc = Location::of_key(Path::new("f"), text, "name");
+        assert_eq!((loc.line, loc.column), (2, 3));
+    }
+}

@@ -1,0 +1,276 @@
+//! The `qmedic` command line. Parsing and printing only; the work is in the library.
+
+use std::io::{IsTerminal, Read};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use qmedic::{CallError, Config, Runtime};
+use serde_json::json;
+
+/// Self-healing agent for message brokers.
+#[derive(Parser)]
+#[command(name = "qmedic", version, about, propagate_version = true)]
+struct Cli {
+    /// Agent config file.
+    #[arg(long, global = true, default_value = "qmedic.yaml", env = "QMEDIC_CONFIG")]
+    config: PathBuf,
+    /// `json` prints one JSON document on stdout; everything else goes to stderr.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
+    output: Output,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load the config and plugins and serve /healthz and /api/plugins.
+    Serve,
+    /// Inspect and call plugins.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Every loaded plugin: name, kind, version, sha256, capabilities.
+    List,
+    /// One plugin's manifest, digest, grants, limits and health.
+    Inspect {
+        /// A loaded plugin's name, or a path to a `.wasm` with its plugin.toml beside it.
+        plugin: String,
+    },
+    /// Run an action plugin's `run` and print its report.
+    Call {
+        /// A loaded action's name, or a path to a `.wasm` with its plugin.toml beside it.
+        plugin: String,
+        /// Parameters as JSON; `-` reads them from stdin, `@file` from a file.
+        #[arg(long, default_value = "{}")]
+        input: String,
+    },
+}
+
+/// How a command failed: exit code 1 (it ran and failed) or 2 (usage or invalid input).
+enum Failure {
+    Failed(String),
+    Usage(String),
+}
+
+impl Failure {
+    fn code(&self) -> u8 {
+        match self {
+            Failure::Failed(_) => 1,
+            Failure::Usage(_) => 2,
+        }
+    }
+
+    fn message(&self) -> &str {
+        match self {
+            Failure::Failed(m) | Failure::Usage(m) => m,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format, matches!(cli.command, Command::Serve));
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("qmedic: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(&cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("qmedic: {}", failure.message());
+            if cli.output == Output::Json {
+                println!("{}", json!({ "error": failure.message() }));
+            }
+            ExitCode::from(failure.code())
+        }
+    }
+}
+
+fn init_logging(format: LogFormat, serving: bool) {
+    let default = if serving { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("QMEDIC_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+}
+
+async fn run(cli: &Cli) -> Result<(), Failure> {
+    let config = load_config(&cli.config)?;
+    let runtime = Runtime::new(&config).map_err(|e| Failure::Usage(e.to_string()))?;
+    match &cli.command {
+        Command::Serve => serve(&config, runtime).await,
+        Command::Plugin(PluginCommand::List) => {
+            list(&runtime, cli.output);
+            Ok(())
+        }
+        Command::Plugin(PluginCommand::Inspect { plugin }) => {
+            let plugin = resolve(&runtime, plugin)?;
+            print_doc(cli.output, &plugin.info(), || inspect_text(&plugin.info()));
+            Ok(())
+        }
+        Command::Plugin(PluginCommand::Call { plugin, input }) => call(&runtime, plugin, input, cli.output).await,
+    }
+}
+
+/// The config at `path`. The default path may be absent: the agent then runs with defaults.
+fn load_config(path: &Path) -> Result<Config, Failure> {
+    if !path.exists() && path == Path::new("qmedic.yaml") {
+        tracing::info!("no qmedic.yaml here; running with defaults (see qmedic.example.yaml)");
+        return Ok(Config::default());
+    }
+    Config::load(path).map_err(|e| Failure::Usage(e.to_string()))
+}
+
+/// A plugin by name, or loaded from a `.wasm` path.
+fn resolve(runtime: &Runtime, plugin: &str) -> Result<std::sync::Arc<qmedic::Plugin>, Failure> {
+    if plugin.ends_with(".wasm") || plugin.contains('/') {
+        runtime.load_file(Path::new(plugin)).map_err(|e| Failure::Usage(e.to_string()))
+    } else {
+        runtime.plugin(plugin).map_err(|e| Failure::Usage(e.to_string()))
+    }
+}
+
+fn print_doc<T: serde::Serialize>(output: Output, doc: &T, text: impl FnOnce() -> String) {
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(doc).unwrap_or_else(|e| json!({ "error": e.to_string() }).to_string())),
+        Output::Text => print!("{}", text()),
+    }
+}
+
+fn list(runtime: &Runtime, output: Output) {
+    let infos: Vec<_> = runtime.plugins().iter().map(|p| p.info()).collect();
+    print_doc(output, &infos, || {
+        let mut out = format!("{:<20} {:<8} {:<9} {:<14} {:<22} {}\n", "NAME", "KIND", "VERSION", "SHA256", "CAPABILITIES", "ORIGIN");
+        for i in &infos {
+            let caps = i.capabilities.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+            let origin = match &i.origin {
+                qmedic::Origin::BuiltIn => "built-in".to_string(),
+                qmedic::Origin::File(p) => p.display().to_string(),
+            };
+            let status = if i.quarantined.is_some() { " (quarantined)" } else { "" };
+            out += &format!(
+                "{:<20} {:<8} {:<9} {:<14} {:<22} {origin}{status}\n",
+                i.name,
+                i.kind.to_string(),
+                i.version,
+                &i.sha256[..12],
+                if caps.is_empty() { "-" } else { &caps }
+            );
+        }
+        out
+    });
+}
+
+fn inspect_text(i: &qmedic::PluginInfo) -> String {
+    let list = |v: &[String]| if v.is_empty() { "none".to_string() } else { v.join(", ") };
+    let mut out = format!("name:         {}\nkind:         {}\nversion:      {}\nwit:          qmedic:plugin@{}\n", i.name, i.kind, i.version, i.wit);
+    if !i.description.is_empty() {
+        out += &format!("description:  {}\n", i.description);
+    }
+    if let Some(b) = &i.broker {
+        out += &format!("serves:       {b} connections\n");
+    }
+    let caps: Vec<String> = i.capabilities.iter().map(ToString::to_string).collect();
+    out += &format!("sha256:       {}\ncapabilities: {}\n", i.sha256, list(&caps));
+    out += &format!("connections:  {}\nscalers:      {}\n", list(&i.grant.connections), list(&i.grant.scalers));
+    out += &format!("limits:       timeout {} ms, memory {} bytes, output {} bytes\n", i.timeout_ms, i.memory_bytes, i.output_bytes);
+    out += &match &i.origin {
+        qmedic::Origin::BuiltIn => "origin:       built-in\n".to_string(),
+        qmedic::Origin::File(p) => format!("origin:       {}\n", p.display()),
+    };
+    if let Some(q) = &i.quarantined {
+        out += &format!("quarantined:  {q}\n");
+    }
+    out
+}
+
+fn read_input(input: &str) -> Result<String, Failure> {
+    let text = if input == "-" {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s).map_err(|e| Failure::Usage(format!("cannot read --input from stdin: {e}")))?;
+        s
+    } else if let Some(file) = input.strip_prefix('@') {
+        std::fs::read_to_string(file).map_err(|e| Failure::Usage(format!("cannot read --input file {file}: {e}")))?
+    } else {
+        input.to_string()
+    };
+    serde_json::from_str::<serde_json::Value>(&text)
+        .map_err(|e| Failure::Usage(format!("--input is not JSON: {e} (line {}, column {})", e.line(), e.column())))?;
+    Ok(text)
+}
+
+async fn call(runtime: &Runtime, plugin: &str, input: &str, output: Output) -> Result<(), Failure> {
+    let params = read_input(input)?;
+    let name = resolve(runtime, plugin)?.manifest.name.clone();
+    let call = runtime.call_action(&name, &params).await;
+    if output == Output::Text {
+        for line in &call.logs {
+            eprintln!("[{} {}] {}", line.plugin, line.level, line.message);
+        }
+    }
+    match call.outcome {
+        Ok(report) => {
+            let value: serde_json::Value = serde_json::from_str(&report).unwrap_or(serde_json::Value::String(report));
+            match output {
+                Output::Json => println!(
+                    "{}",
+                    json!({ "plugin": name, "report": value, "duration_ms": call.duration.as_millis() as u64, "logs": call.logs })
+                ),
+                Output::Text => println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default()),
+            }
+            Ok(())
+        }
+        Err(e @ CallError::Plugin { .. }) => Err(Failure::Failed(e.to_string())),
+        Err(e) if e.is_usage() => Err(Failure::Usage(e.to_string())),
+        Err(e) => Err(Failure::Failed(e.to_string())),
+    }
+}
+
+async fn serve(config: &Config, runtime: Runtime) -> Result<(), Failure> {
+    use axum::routing::get;
+
+    let app = axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/api/plugins",
+            get(move || {
+                let infos: Vec<_> = runtime.plugins().iter().map(|p| p.info()).collect();
+                async move { axum::Json(infos) }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .map_err(|e| Failure::Usage(format!("cannot listen on {} (config `listen`): {e}", config.listen)))?;
+    tracing::info!("qmedic serving on http://{}", config.listen);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .map_err(|e| Failure::Failed(format!("HTTP server stopped: {e}")))
+}

@@ -1,0 +1,206 @@
+//! One call into a plugin: its store, its deadline, and what went wrong in words an operator can
+//! act on.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use wasmtime::{Store, Trap, UpdateDeadline};
+
+use super::limits::LimitHit;
+use super::{Env, Plugin};
+use crate::host::{HostState, LogLine, WitError};
+use crate::manifest::PluginKind;
+
+/// How long past its deadline a call may take before its future is dropped: the epoch check
+/// normally ends it first; this catches a host call that blocks.
+const GRACE: Duration = Duration::from_millis(250);
+
+/// Why a plugin call failed. Every variant names the plugin and, for sandbox failures, the
+/// limit it hit and how to raise it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    #[error("no plugin named `{name}` is loaded{suggestion}; `qmedic plugin list` shows the loaded ones")]
+    NotFound { name: String, suggestion: String },
+    #[error("plugin `{plugin}` is an {is}, not an {wanted}")]
+    WrongKind { plugin: String, is: PluginKind, wanted: PluginKind },
+    #[error(
+        "plugin `{plugin}` is quarantined after repeated failures (last: {last}); fix it and \
+         reload it, or restart the agent"
+    )]
+    Quarantined { plugin: String, last: String },
+    #[error(
+        "plugin `{plugin}` ran past its deadline of {limit:?} and was stopped; if it needs \
+         longer, raise plugins.{plugin}.limits.timeout"
+    )]
+    Timeout { plugin: String, limit: Duration },
+    #[error(
+        "plugin `{plugin}` tried to grow its memory to {desired} bytes, past its memory cap of \
+         {limit} bytes, and was stopped; if it needs more, raise plugins.{plugin}.limits.memory"
+    )]
+    Memory { plugin: String, desired: u64, limit: u64 },
+    #[error("plugin `{plugin}` overflowed its stack (unbounded recursion?) and was stopped")]
+    StackOverflow { plugin: String },
+    #[error(
+        "plugin `{plugin}` returned {size} bytes, past its output cap of {limit} bytes; the \
+         result was discarded (raise plugins.{plugin}.limits.output if it is legitimate)"
+    )]
+    Output { plugin: String, size: u64, limit: u64 },
+    #[error("plugin `{plugin}` panicked: {message}")]
+    Panic { plugin: String, message: String },
+    #[error("plugin `{plugin}` trapped: {detail}")]
+    Trap { plugin: String, detail: String },
+    #[error("plugin `{plugin}` failed: {error}")]
+    Plugin { plugin: String, error: PluginFailure },
+}
+
+/// An error a plugin returned on purpose, as the WIT `error` variant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[serde(tag = "kind", content = "message", rename_all = "kebab-case")]
+pub enum PluginFailure {
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("denied: {0}")]
+    Denied(String),
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    #[error("invalid: {0}")]
+    Invalid(String),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl From<WitError> for PluginFailure {
+    fn from(e: WitError) -> Self {
+        match e {
+            WitError::NotFound(m) => PluginFailure::NotFound(m),
+            WitError::Denied(m) => PluginFailure::Denied(m),
+            WitError::Unavailable(m) => PluginFailure::Unavailable(m),
+            WitError::Invalid(m) => PluginFailure::Invalid(m),
+            WitError::Internal(m) => PluginFailure::Internal(m),
+        }
+    }
+}
+
+impl CallError {
+    /// Whether the sandbox stopped the plugin (as opposed to the plugin reporting an error or
+    /// the call being refused before it started). Only these count towards quarantine.
+    pub fn is_sandbox_failure(&self) -> bool {
+        matches!(
+            self,
+            CallError::Timeout { .. }
+                | CallError::Memory { .. }
+                | CallError::StackOverflow { .. }
+                | CallError::Output { .. }
+                | CallError::Panic { .. }
+                | CallError::Trap { .. }
+        )
+    }
+
+    /// Whether the caller's input or request was at fault (exit code 2 in the CLI).
+    pub fn is_usage(&self) -> bool {
+        matches!(self, CallError::NotFound { .. } | CallError::WrongKind { .. })
+    }
+}
+
+/// The result of one action call, with what the plugin logged along the way.
+#[derive(Debug)]
+pub struct Call {
+    pub outcome: Result<String, CallError>,
+    pub logs: Vec<LogLine>,
+    pub duration: Duration,
+}
+
+/// A store for one instance of `plugin`, with its limits and deadline armed.
+pub(crate) fn new_store(env: &Arc<Env>, plugin: Arc<Plugin>, deadline: Instant) -> Store<HostState> {
+    let mut store = Store::new(&env.engine, HostState::new(plugin, env.clone(), deadline));
+    store.limiter(|s| &mut s.limiter);
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(|mut ctx| {
+        let state = ctx.data_mut();
+        if Instant::now() >= state.deadline {
+            state.limiter.hit = Some(LimitHit::Deadline);
+            return Err(wasmtime::Error::new(LimitHit::Deadline));
+        }
+        // Yield at every tick so a busy plugin never holds an executor thread.
+        Ok(UpdateDeadline::Yield(1))
+    });
+    store
+}
+
+/// Turn a trap or host error into a [`CallError`] naming the plugin and the limit it hit.
+pub(crate) fn classify(plugin: &Plugin, err: wasmtime::Error, state: &HostState) -> CallError {
+    let name = plugin.manifest.name.clone();
+    let limit = state
+        .limiter
+        .hit
+        .or_else(|| err.downcast_ref::<LimitHit>().copied());
+    match limit {
+        Some(LimitHit::Memory { desired }) => {
+            return CallError::Memory { plugin: name, desired, limit: plugin.limits.memory };
+        }
+        Some(LimitHit::Deadline) => return CallError::Timeout { plugin: name, limit: plugin.limits.timeout },
+        Some(LimitHit::Table { desired }) => {
+            return CallError::Trap { plugin: name, detail: format!("table grew to {desired} elements, past its cap") };
+        }
+        None => {}
+    }
+    match err.downcast_ref::<Trap>() {
+        Some(Trap::StackOverflow) => CallError::StackOverflow { plugin: name },
+        Some(Trap::Interrupt) => CallError::Timeout { plugin: name, limit: plugin.limits.timeout },
+        Some(Trap::UnreachableCodeReached) => CallError::Panic { plugin: name, message: panic_message(state) },
+        Some(trap) => CallError::Trap { plugin: name, detail: trap.to_string() },
+        None => CallError::Trap { plugin: name, detail: format!("{err:#}") },
+    }
+}
+
+/// What a Rust guest printed when it panicked, or a plain description.
+fn panic_message(state: &HostState) -> String {
+    let stderr = state.stderr.contents();
+    let text = String::from_utf8_lossy(&stderr);
+    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    match lines.iter().position(|l| l.contains("panicked at")) {
+        Some(i) => lines[i..].iter().take(3).copied().collect::<Vec<_>>().join(" "),
+        None if !lines.is_empty() => lines[lines.len().saturating_sub(3)..].join(" "),
+        None => "it reached an unreachable instruction (a Rust panic or abort)".into(),
+    }
+}
+
+/// Run an action's `run` export with JSON `params`.
+pub(crate) async fn run_action(env: &Arc<Env>, plugin: Arc<Plugin>, params: &str) -> Call {
+    let started = Instant::now();
+    let limits = plugin.limits;
+    let mut store = new_store(env, plugin.clone(), started + limits.timeout);
+    let outcome = match (plugin.ensure_runnable(), plugin.action_pre()) {
+        (Err(e), _) | (_, Err(e)) => Err(e),
+        (Ok(()), Ok(pre)) => {
+            let call = async {
+                let instance = pre.instantiate_async(&mut store).await?;
+                instance.call_run(&mut store, params).await
+            };
+            match tokio::time::timeout(limits.timeout + GRACE, call).await {
+                Err(_elapsed) => Err(CallError::Timeout { plugin: plugin.manifest.name.clone(), limit: limits.timeout }),
+                Ok(Err(trap)) => Err(classify(&plugin, trap, store.data())),
+                Ok(Ok(Err(returned))) => {
+                    Err(CallError::Plugin { plugin: plugin.manifest.name.clone(), error: returned.into() })
+                }
+                Ok(Ok(Ok(report))) if report.len() as u64 > limits.output => Err(CallError::Output {
+                    plugin: plugin.manifest.name.clone(),
+                    size: report.len() as u64,
+                    limit: limits.output,
+                }),
+                Ok(Ok(Ok(report))) => Ok(report),
+            }
+        }
+    };
+    match &outcome {
+        Ok(_) => plugin.record_success(),
+        Err(e) => plugin.record_failure(e, env.quarantine_after),
+    }
+    let state = store.data_mut();
+    let stdout = state.stdout.contents();
+    for line in String::from_utf8_lossy(&stdout).lines().filter(|l| !l.trim().is_empty()) {
+        state.push_log("info", line.to_string());
+    }
+    Call { outcome, logs: std::mem::take(&mut state.logs), duration: started.elapsed() }
+}

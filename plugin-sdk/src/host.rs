@@ -1,0 +1,61 @@
+//! The host API as plain Rust functions, for actions and adapters alike.
+
+use crate::bindings::action::qmedic::plugin as wit;
+
+pub use wit::types::{Error, Message, Outgoing, QueueStats, Settlement};
+
+// wit-bindgen derives `Display` and `std::error::Error` for the WIT `error` variant.
+
+impl Error {
+    /// An `invalid` error, for bad parameters.
+    pub fn invalid(msg: impl Into<String>) -> Self {
+        Error::Invalid(msg.into())
+    }
+
+    /// An `internal` error, for a bug or an unexpected state inside the plugin.
+    pub fn internal(msg: impl Into<String>) -> Self {
+        Error::Internal(msg.into())
+    }
+}
+
+/// Queues, messages and limits on any connection; the host routes each call to the adapter for
+/// that connection's kind. Actions only.
+pub mod broker {
+    pub use crate::bindings::action::qmedic::plugin::broker::*;
+}
+
+/// Replica counts through the agent's configured scalers. Actions only.
+pub mod scale {
+    pub use crate::bindings::action::qmedic::plugin::scale::*;
+}
+
+/// A small key-value store private to this plugin.
+pub mod state {
+    pub use crate::bindings::action::qmedic::plugin::state::*;
+}
+
+/// Wall-clock time and sleeping within the call's deadline.
+pub mod clock {
+    pub use crate::bindings::action::qmedic::plugin::clock::*;
+}
+
+/// Log lines tagged with the plugin's name.
+pub mod log {
+    pub use crate::bindings::action::qmedic::plugin::log::{Level, write};
+
+    pub fn info(msg: &str) {
+        write(Level::Info, msg);
+    }
+
+    pub fn warn(msg: &str) {
+        write(Level::Warn, msg);
+    }
+
+    pub fn error(msg: &str) {
+        write(Level::Error, msg);
+    }
+
+    pub fn debug(msg: &str) {
+        write(Level::Debug, msg);
+    }
+}

@@ -1,0 +1,92 @@
+//! Runs a list of broker, state and scale operations through the host and reports each result.
+//! The first error is returned as the call's error, unchanged, so tests can assert its kind.
+
+use qmedic_plugin_sdk::{Action, Error, Outgoing, Settlement, broker, scale, state};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+#[derive(Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
+enum Op {
+    Stats { connection: String, queue: String },
+    List { connection: String, pattern: String },
+    Publish { connection: String, queue: String, bodies: Vec<String>, #[serde(default)] headers: Vec<(String, String)> },
+    /// Receive up to `max` and settle them all in the same call.
+    ReceiveSettle { connection: String, queue: String, max: u32, how: String },
+    SetLimit { connection: String, queue: String, name: String, value: u64 },
+    StateSet { key: String, value: String },
+    StateGet { key: String },
+    Replicas { scaler: String, target: String },
+    SetReplicas { scaler: String, target: String, replicas: u32 },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Params {
+    steps: Vec<Op>,
+}
+
+#[derive(Serialize)]
+struct Report {
+    results: Vec<Value>,
+}
+
+fn run_op(op: Op) -> Result<Value, Error> {
+    Ok(match op {
+        Op::Stats { connection, queue } => {
+            let s = broker::stats(&connection, &queue)?;
+            json!({ "depth": s.depth, "in_flight": s.in_flight, "consumers": s.consumers, "extra": s.extra })
+        }
+        Op::List { connection, pattern } => json!(broker::list(&connection, &pattern)?),
+        Op::Publish { connection, queue, bodies, headers } => {
+            let msgs: Vec<Outgoing> = bodies
+                .into_iter()
+                .map(|b| Outgoing { destination: queue.clone(), key: None, body: b.into_bytes(), headers: headers.clone() })
+                .collect();
+            let n = msgs.len();
+            broker::publish(&connection, &msgs)?;
+            json!(n)
+        }
+        Op::ReceiveSettle { connection, queue, max, how } => {
+            let msgs = broker::receive(&connection, &queue, max, 0)?;
+            let how = match how.as_str() {
+                "ack" => Settlement::Ack,
+                "requeue" => Settlement::Requeue,
+                "dead-letter" => Settlement::DeadLetter,
+                other => return Err(Error::invalid(format!("unknown settlement `{other}`"))),
+            };
+            let handles: Vec<u64> = msgs.iter().map(|m| m.handle).collect();
+            broker::settle(&connection, &handles, how)?;
+            let bodies: Vec<String> = msgs.iter().map(|m| String::from_utf8_lossy(&m.body).into_owned()).collect();
+            json!(bodies)
+        }
+        Op::SetLimit { connection, queue, name, value } => {
+            broker::set_limit(&connection, &queue, &name, value)?;
+            json!(value)
+        }
+        Op::StateSet { key, value } => {
+            state::set(&key, value.as_bytes())?;
+            Value::Null
+        }
+        Op::StateGet { key } => json!(state::get(&key)?.map(|v| String::from_utf8_lossy(&v).into_owned())),
+        Op::Replicas { scaler, target } => json!(scale::replicas(&scaler, &target)?),
+        Op::SetReplicas { scaler, target, replicas } => {
+            scale::set_replicas(&scaler, &target, replicas)?;
+            json!(replicas)
+        }
+    })
+}
+
+struct BrokerProbe;
+
+impl Action for BrokerProbe {
+    type Params = Params;
+    type Report = Report;
+
+    fn run(p: Params) -> Result<Report, Error> {
+        let results = p.steps.into_iter().map(run_op).collect::<Result<_, _>>()?;
+        Ok(Report { results })
+    }
+}
+
+qmedic_plugin_sdk::export_action!(BrokerProbe);
