@@ -404,12 +404,39 @@ pub(crate) fn yaml_error(e: &serde_saphyr::Error, path: &Path) -> Located {
     location.error(message)
 }
 
-/// Replace `${VAR}` and `${VAR:-default}` with the environment's values.
+/// Replace `${VAR}` and `${VAR:-default}` with the environment's values, outside comments.
 fn expand_env(text: &str, path: &Path) -> Result<String, Located> {
     let mut out = String::with_capacity(text.len());
-    let mut rest = text;
+    let mut line_start = 0;
+    for line in text.split_inclusive('\n') {
+        let code_end = comment_start(line).unwrap_or(line.len());
+        expand_line(&line[..code_end], &mut out, |i| Location::from_offset(path, text, line_start + i))?;
+        out.push_str(&line[code_end..]);
+        line_start += line.len();
+    }
+    Ok(out)
+}
+
+/// Where a YAML comment starts on `line`: a `#` at the start or after white space, outside quotes.
+fn comment_start(line: &str) -> Option<usize> {
+    let (mut single, mut double, mut prev) = (false, false, ' ');
+    for (i, c) in line.char_indices() {
+        match c {
+            '\'' if !double => single = !single,
+            '"' if !single && prev != '\\' => double = !double,
+            '#' if !single && !double && prev.is_whitespace() => return Some(i),
+            _ => {}
+        }
+        prev = c;
+    }
+    None
+}
+
+fn expand_line(code: &str, out: &mut String, at: impl Fn(usize) -> Location) -> Result<(), Located> {
+    let mut rest = code;
     while let Some(i) = rest.find('$') {
         out.push_str(&rest[..i]);
+        let offset = code.len() - rest.len() + i;
         let after = &rest[i + 1..];
         if let Some(literal) = after.strip_prefix("${") {
             out.push_str("${");
@@ -421,10 +448,8 @@ fn expand_env(text: &str, path: &Path) -> Result<String, Located> {
             rest = after;
             continue;
         };
-        let offset = text.len() - rest.len() + i;
         let Some(end) = body.find('}') else {
-            return Err(Location::from_offset(path, text, offset)
-                .error("`${` is not closed; write `${VAR}`, or `$${` for a literal `${`"));
+            return Err(at(offset).error("`${` is not closed; write `${VAR}`, or `$${` for a literal `${`"));
         };
         let (name, default) = match body[..end].split_once(":-") {
             Some((n, d)) => (n, Some(d)),
@@ -434,13 +459,13 @@ fn expand_env(text: &str, path: &Path) -> Result<String, Located> {
             (Ok(v), _) => v,
             (Err(_), Some(d)) => d.to_string(),
             (Err(_), None) => {
-                return Err(Location::from_offset(path, text, offset).error(format!(
+                return Err(at(offset).error(format!(
                     "environment variable `{name}` is not set; set it or write `${{{name}:-default}}`"
                 )));
             }
         };
         if value.contains('\n') {
-            return Err(Location::from_offset(path, text, offset).error(format!(
+            return Err(at(offset).error(format!(
                 "environment variable `{name}` holds a line break; use a *_file secret instead"
             )));
         }
@@ -448,7 +473,7 @@ fn expand_env(text: &str, path: &Path) -> Result<String, Located> {
         rest = &body[end + 1..];
     }
     out.push_str(rest);
-    Ok(out)
+    Ok(())
 }
 
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -549,6 +574,8 @@ mod tests {
         assert_eq!(c.store, "fallback.db");
         let c = parse("store: \"$${NOT_EXPANDED}\"\n").unwrap();
         assert_eq!(c.store, "${NOT_EXPANDED}");
+        let c = parse("# uses ${QMEDIC_TEST_UNSET_VAR} in a comment\nstore: a.db # ${ALSO_UNSET}\n").unwrap();
+        assert_eq!(c.store, "a.db");
     }
 
     #[test]

@@ -1,0 +1,57 @@
+//! Helpers for qmedic's integration tests: where the fixture plugins are, and agent configs
+//! that load them pinned by their real digests.
+
+use std::path::{Path, PathBuf};
+
+use qmedic::{Config, Runtime};
+
+/// The `.wasm` of a fixture plugin built from `tests/plugins/<name>`.
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("QMEDIC_FIXTURES")).join(name).join(format!("{name}.wasm"))
+}
+
+/// Hex sha256 of a fixture's `.wasm`.
+pub fn fixture_sha256(name: &str) -> String {
+    let wasm = std::fs::read(fixture(name)).unwrap_or_else(|e| panic!("fixture {name} is not built: {e}"));
+    qmedic::sha256_hex(&wasm)
+}
+
+/// A `plugins:` entry loading fixture `name`, pinned, with extra YAML lines (grants, limits)
+/// indented under it.
+pub fn plugin_entry(name: &str, extra: &str) -> String {
+    let mut entry = format!(
+        "  {name}:\n    path: {}\n    sha256: {}\n",
+        fixture(name).display(),
+        fixture_sha256(name)
+    );
+    for line in extra.lines().filter(|l| !l.trim().is_empty()) {
+        entry += &format!("    {line}\n");
+    }
+    entry
+}
+
+/// Parse a config written by a test, caching compiled plugins under the build's temp folder.
+pub fn config(yaml: &str) -> Config {
+    let cache = Path::new(env!("QMEDIC_FIXTURES")).with_file_name("plugin-cache");
+    let cache_line = format!("runtime:\n  cache_dir: {}\n", cache.display());
+    let yaml = if yaml.contains("runtime:\n") {
+        yaml.replacen("runtime:\n", &cache_line, 1)
+    } else {
+        format!("{cache_line}{yaml}")
+    };
+    Config::parse(&yaml, Path::new("test.yaml")).unwrap_or_else(|e| panic!("test config is invalid: {e}\n{yaml}"))
+}
+
+/// A runtime for a config written by a test.
+pub fn runtime(yaml: &str) -> Runtime {
+    Runtime::new(&config(yaml)).unwrap_or_else(|e| panic!("runtime does not start: {e}"))
+}
+
+/// The `qmedic` binary of this build, beside the test executable's folder.
+pub fn qmedic_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target profile folder");
+    let bin = dir.join("qmedic");
+    assert!(bin.is_file(), "{} is missing; `cargo build` builds it", bin.display());
+    bin
+}

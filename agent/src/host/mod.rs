@@ -149,10 +149,13 @@ impl bindings::action::qmedic::plugin::types::Host for HostState {}
 /// imports them fails to load with a message naming the import.
 pub(crate) fn add_wasi(linker: &mut wasmtime::component::Linker<HostState>) -> wasmtime::Result<()> {
     use wasmtime_wasi::cli::{WasiCli, WasiCliView};
-    use wasmtime_wasi::p2::bindings::cli;
+    use wasmtime_wasi::p2::bindings::{cli, random};
+    use wasmtime_wasi::random::WasiRandom;
 
     wasmtime_wasi::p2::add_to_linker_proxy_interfaces_async(linker)?;
     let l = linker;
+    random::insecure::add_to_linker::<HostState, WasiRandom>(l, |s| s.wasi.random())?;
+    random::insecure_seed::add_to_linker::<HostState, WasiRandom>(l, |s| s.wasi.random())?;
     cli::exit::add_to_linker::<HostState, WasiCli>(l, HostState::cli)?;
     cli::environment::add_to_linker::<HostState, WasiCli>(l, HostState::cli)?;
     cli::terminal_input::add_to_linker::<HostState, WasiCli>(l, HostState::cli)?;
