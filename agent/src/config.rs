@@ -174,9 +174,10 @@ pub struct PluginConfig {
     /// none for third-party ones.
     #[serde(default)]
     pub connections: Option<Vec<Spanned<String>>>,
-    /// Scalers the plugin may use (`*` for all). Default: none.
+    /// Scalers the plugin may use (`*` for all). Default: all for first-party plugins, none for
+    /// third-party ones.
     #[serde(default)]
-    pub scalers: Vec<Spanned<String>>,
+    pub scalers: Option<Vec<Spanned<String>>>,
     /// Overrides of `runtime.limits`.
     #[serde(default)]
     pub limits: LimitOverrides,
@@ -327,7 +328,7 @@ impl Config {
                     )));
                 }
             }
-            for grant in &plugin.scalers {
+            for grant in plugin.scalers.iter().flatten() {
                 let g = &grant.value;
                 if g != "*" && !self.scalers.contains_key(g) {
                     return Err(spanned(&path, grant).error(format!(

@@ -215,13 +215,14 @@ impl Runtime {
         let name = manifest.name.clone();
         let sha256 = sha256_hex(wasm);
         let entry = self.loader.config.plugins.get(&name);
-        let grant = match (entry, &origin) {
-            (Some(e), _) if e.connections.is_some() || !e.scalers.is_empty() => Grant {
-                connections: e.connections.iter().flatten().map(|s| s.value.clone()).collect(),
-                scalers: e.scalers.iter().map(|s| s.value.clone()).collect(),
-            },
-            (_, Origin::BuiltIn) => Grant::all(),
-            (_, Origin::File(_)) => Grant::default(),
+        // Unset grants default to everything for first-party plugins, nothing for others.
+        let default = || if origin == Origin::BuiltIn { vec!["*".to_string()] } else { Vec::new() };
+        let names = |g: Option<&Vec<serde_saphyr::Spanned<String>>>| {
+            g.map(|g| g.iter().map(|s| s.value.clone()).collect()).unwrap_or_else(default)
+        };
+        let grant = Grant {
+            connections: names(entry.and_then(|e| e.connections.as_ref())),
+            scalers: names(entry.and_then(|e| e.scalers.as_ref())),
         };
         let limits = entry.map_or(self.loader.defaults, |e| self.loader.defaults.with(&e.limits));
         let component = self

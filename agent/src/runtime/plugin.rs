@@ -29,11 +29,6 @@ pub struct Grant {
 }
 
 impl Grant {
-    /// Everything: the default for first-party plugins.
-    pub fn all() -> Self {
-        Grant { connections: vec!["*".into()], scalers: vec!["*".into()] }
-    }
-
     pub fn allows_connection(&self, name: &str) -> bool {
         self.connections.iter().any(|g| g == "*" || g == name)
     }
