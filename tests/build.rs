@@ -10,7 +10,8 @@ fn main() {
     for built in qmedic_plugin_build::build_all(&manifest_dir.join("plugins")) {
         let dir = fixtures.join(&built.name);
         std::fs::create_dir_all(&dir).expect("OUT_DIR is writable");
-        std::fs::copy(&built.wasm, dir.join(format!("{}.wasm", built.name))).expect("copy fixture wasm");
+        std::fs::copy(&built.wasm, dir.join(format!("{}.wasm", built.name)))
+            .expect("copy fixture wasm");
         std::fs::copy(&built.manifest, dir.join("plugin.toml")).expect("copy fixture manifest");
     }
     println!("cargo:rustc-env=QMEDIC_FIXTURES={}", fixtures.display());

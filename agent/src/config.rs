@@ -218,7 +218,11 @@ impl Default for RuntimeConfig {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { timeout: default_timeout(), memory: default_memory(), output: default_output() }
+        Limits {
+            timeout: default_timeout(),
+            memory: default_memory(),
+            output: default_output(),
+        }
     }
 }
 
@@ -240,8 +244,13 @@ impl Default for Config {
 /// A config that cannot be read or is wrong.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config {path}: {source}; pass --config or create qmedic.yaml (see qmedic.example.yaml)")]
-    Read { path: PathBuf, source: std::io::Error },
+    #[error(
+        "cannot read config {path}: {source}; pass --config or create qmedic.yaml (see qmedic.example.yaml)"
+    )]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Invalid(#[from] Located),
 }
@@ -249,8 +258,10 @@ pub enum ConfigError {
 impl Config {
     /// Read, expand and check a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Ok(Config::parse(&text, path)?)
     }
 
@@ -353,7 +364,9 @@ impl Config {
         }
         let xdg = std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from);
         let home = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache"));
-        xdg.or(home).unwrap_or_else(std::env::temp_dir).join("qmedic")
+        xdg.or(home)
+            .unwrap_or_else(std::env::temp_dir)
+            .join("qmedic")
     }
 }
 
@@ -363,8 +376,10 @@ fn spanned<T>(path: &Path, s: &Spanned<T>) -> Location {
 
 fn read_secret(file: &Path, conn: &str, at: Location) -> Result<Secret, Located> {
     let text = std::fs::read_to_string(file).map_err(|e| {
-        at.clone()
-            .error(format!("connection `{conn}`: cannot read secret file {}: {e}", file.display()))
+        at.clone().error(format!(
+            "connection `{conn}`: cannot read secret file {}: {e}",
+            file.display()
+        ))
     })?;
     Ok(Secret(text.trim_end_matches(['\n', '\r']).to_string()))
 }
@@ -387,7 +402,9 @@ fn edit_distance(a: &str, b: &str) -> usize {
         let mut prev = row[0];
         row[0] = i + 1;
         for (j, cb) in b.iter().enumerate() {
-            let next = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(row[j + 1] + 1);
+            let next = (prev + usize::from(ca != *cb))
+                .min(row[j] + 1)
+                .min(row[j + 1] + 1);
             prev = row[j + 1];
             row[j + 1] = next;
         }
@@ -401,7 +418,10 @@ pub(crate) fn yaml_error(e: &serde_saphyr::Error, path: &Path) -> Located {
         .location()
         .map(|l| Location::at(path, l.line(), l.column()))
         .unwrap_or_else(|| Location::file(path));
-    let message = DefaultMessageFormatter.format_message(e).escape_debug().to_string();
+    let message = DefaultMessageFormatter
+        .format_message(e)
+        .escape_debug()
+        .to_string();
     location.error(message)
 }
 
@@ -411,7 +431,9 @@ fn expand_env(text: &str, path: &Path) -> Result<String, Located> {
     let mut line_start = 0;
     for line in text.split_inclusive('\n') {
         let code_end = comment_start(line).unwrap_or(line.len());
-        expand_line(&line[..code_end], &mut out, |i| Location::from_offset(path, text, line_start + i))?;
+        expand_line(&line[..code_end], &mut out, |i| {
+            Location::from_offset(path, text, line_start + i)
+        })?;
         out.push_str(&line[code_end..]);
         line_start += line.len();
     }
@@ -433,7 +455,11 @@ fn comment_start(line: &str) -> Option<usize> {
     None
 }
 
-fn expand_line(code: &str, out: &mut String, at: impl Fn(usize) -> Location) -> Result<(), Located> {
+fn expand_line(
+    code: &str,
+    out: &mut String,
+    at: impl Fn(usize) -> Location,
+) -> Result<(), Located> {
     let mut rest = code;
     while let Some(i) = rest.find('$') {
         out.push_str(&rest[..i]);
@@ -450,7 +476,9 @@ fn expand_line(code: &str, out: &mut String, at: impl Fn(usize) -> Location) -> 
             continue;
         };
         let Some(end) = body.find('}') else {
-            return Err(at(offset).error("`${` is not closed; write `${VAR}`, or `$${` for a literal `${`"));
+            return Err(
+                at(offset).error("`${` is not closed; write `${VAR}`, or `$${` for a literal `${`")
+            );
         };
         let (name, default) = match body[..end].split_once(":-") {
             Some((n, d)) => (n, Some(d)),
@@ -480,7 +508,9 @@ fn expand_line(code: &str, out: &mut String, at: impl Fn(usize) -> Location) -> 
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
     humantime::parse_duration(&text).map_err(|e| {
-        serde::de::Error::custom(format!("`{text}` is not a duration ({e}); write e.g. 30s, 500ms, 2m"))
+        serde::de::Error::custom(format!(
+            "`{text}` is not a duration ({e}); write e.g. 30s, 500ms, 2m"
+        ))
     })
 }
 
@@ -498,7 +528,9 @@ fn de_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     match Raw::deserialize(d)? {
         Raw::Number(n) => Ok(n),
         Raw::Text(t) => parse_bytes(&t).ok_or_else(|| {
-            serde::de::Error::custom(format!("`{t}` is not a size; write e.g. 64MiB, 512KiB, 1GiB"))
+            serde::de::Error::custom(format!(
+                "`{t}` is not a size; write e.g. 64MiB, 512KiB, 1GiB"
+            ))
         }),
     }
 }
@@ -510,7 +542,9 @@ fn de_opt_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error
 /// `64MiB`, `512KiB`, `1GiB`, `100MB`, `4096`.
 pub(crate) fn parse_bytes(text: &str) -> Option<u64> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
     let n: u64 = digits.parse().ok()?;
     let scale: u64 = match unit.trim() {
@@ -539,7 +573,8 @@ mod tests {
         // SAFETY: tests in this module do not read these variables concurrently.
         unsafe { std::env::set_var("RABBIT_PASSWORD", "guest") };
         let text = include_str!("../../qmedic.example.yaml");
-        let config = Config::parse(text, Path::new("../qmedic.example.yaml")).expect("example parses");
+        let config =
+            Config::parse(text, Path::new("../qmedic.example.yaml")).expect("example parses");
         assert!(config.connections.contains_key("rabbit-local"));
     }
 
@@ -567,7 +602,8 @@ mod tests {
     #[test]
     fn env_references_expand_and_missing_ones_point_at_themselves() {
         unsafe { std::env::set_var("QMEDIC_TEST_URL", "amqp://h:5672") };
-        let c = parse("connections:\n  r:\n    kind: rabbitmq\n    url: ${QMEDIC_TEST_URL}\n").unwrap();
+        let c =
+            parse("connections:\n  r:\n    kind: rabbitmq\n    url: ${QMEDIC_TEST_URL}\n").unwrap();
         assert_eq!(c.connections["r"].url.as_deref(), Some("amqp://h:5672"));
         let err = parse("listen: x\nstore: ${QMEDIC_TEST_UNSET_VAR}\n").unwrap_err();
         assert_eq!((err.location.line, err.location.column), (2, 8), "{err}");
@@ -575,7 +611,9 @@ mod tests {
         assert_eq!(c.store, "fallback.db");
         let c = parse("store: \"$${NOT_EXPANDED}\"\n").unwrap();
         assert_eq!(c.store, "${NOT_EXPANDED}");
-        let c = parse("# uses ${QMEDIC_TEST_UNSET_VAR} in a comment\nstore: a.db # ${ALSO_UNSET}\n").unwrap();
+        let c =
+            parse("# uses ${QMEDIC_TEST_UNSET_VAR} in a comment\nstore: a.db # ${ALSO_UNSET}\n")
+                .unwrap();
         assert_eq!(c.store, "a.db");
     }
 

@@ -17,4 +17,7 @@ pub use config::{Config, ConfigError, Limits};
 pub use host::LogLine;
 pub use location::{Located, Location};
 pub use manifest::{Capability, Manifest, PluginKind};
-pub use runtime::{Call, CallError, Grant, LoadError, Origin, Plugin, PluginFailure, PluginInfo, Runtime, sha256_hex};
+pub use runtime::{
+    Call, CallError, Grant, LoadError, Origin, Plugin, PluginFailure, PluginInfo, Runtime,
+    sha256_hex,
+};

@@ -22,11 +22,19 @@ pub struct Located {
 impl Location {
     /// The file as a whole, when no finer position is known.
     pub fn file(file: &Path) -> Self {
-        Location { file: file.to_path_buf(), line: 0, column: 0 }
+        Location {
+            file: file.to_path_buf(),
+            line: 0,
+            column: 0,
+        }
     }
 
     pub fn at(file: &Path, line: u64, column: u64) -> Self {
-        Location { file: file.to_path_buf(), line, column }
+        Location {
+            file: file.to_path_buf(),
+            line,
+            column,
+        }
     }
 
     /// The position of byte `offset` in `text`.
@@ -53,7 +61,10 @@ impl Location {
     }
 
     pub fn error(self, message: impl Into<String>) -> Located {
-        Located { location: self, message: message.into() }
+        Located {
+            location: self,
+            message: message.into(),
+        }
     }
 }
 

@@ -13,7 +13,12 @@ use serde_json::json;
 #[command(name = "qmedic", version, about, propagate_version = true)]
 struct Cli {
     /// Agent config file.
-    #[arg(long, global = true, default_value = "qmedic.yaml", env = "QMEDIC_CONFIG")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "qmedic.yaml",
+        env = "QMEDIC_CONFIG"
+    )]
     config: PathBuf,
     /// `json` prints one JSON document on stdout; everything else goes to stderr.
     #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
@@ -89,7 +94,10 @@ impl Failure {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format, matches!(cli.command, Command::Serve));
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("qmedic: cannot start the async runtime: {e}");
@@ -112,7 +120,9 @@ fn init_logging(format: LogFormat, serving: bool) {
     let default = if serving { "info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("QMEDIC_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
@@ -133,7 +143,9 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
             print_doc(cli.output, &plugin.info(), || inspect_text(&plugin.info()));
             Ok(())
         }
-        Command::Plugin(PluginCommand::Call { plugin, input }) => call(&runtime, plugin, input, cli.output).await,
+        Command::Plugin(PluginCommand::Call { plugin, input }) => {
+            call(&runtime, plugin, input, cli.output).await
+        }
     }
 }
 
@@ -149,15 +161,23 @@ fn load_config(path: &Path) -> Result<Config, Failure> {
 /// A plugin by name, or loaded from a `.wasm` path.
 fn resolve(runtime: &Runtime, plugin: &str) -> Result<std::sync::Arc<qmedic::Plugin>, Failure> {
     if plugin.ends_with(".wasm") || plugin.contains('/') {
-        runtime.load_file(Path::new(plugin)).map_err(|e| Failure::Usage(e.to_string()))
+        runtime
+            .load_file(Path::new(plugin))
+            .map_err(|e| Failure::Usage(e.to_string()))
     } else {
-        runtime.plugin(plugin).map_err(|e| Failure::Usage(e.to_string()))
+        runtime
+            .plugin(plugin)
+            .map_err(|e| Failure::Usage(e.to_string()))
     }
 }
 
 fn print_doc<T: serde::Serialize>(output: Output, doc: &T, text: impl FnOnce() -> String) {
     match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(doc).unwrap_or_else(|e| json!({ "error": e.to_string() }).to_string())),
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(doc)
+                .unwrap_or_else(|e| json!({ "error": e.to_string() }).to_string())
+        ),
         Output::Text => print!("{}", text()),
     }
 }
@@ -165,14 +185,26 @@ fn print_doc<T: serde::Serialize>(output: Output, doc: &T, text: impl FnOnce() -
 fn list(runtime: &Runtime, output: Output) {
     let infos: Vec<_> = runtime.plugins().iter().map(|p| p.info()).collect();
     print_doc(output, &infos, || {
-        let mut out = format!("{:<20} {:<8} {:<9} {:<14} {:<22} {}\n", "NAME", "KIND", "VERSION", "SHA256", "CAPABILITIES", "ORIGIN");
+        let mut out = format!(
+            "{:<20} {:<8} {:<9} {:<14} {:<22} {}\n",
+            "NAME", "KIND", "VERSION", "SHA256", "CAPABILITIES", "ORIGIN"
+        );
         for i in &infos {
-            let caps = i.capabilities.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+            let caps = i
+                .capabilities
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
             let origin = match &i.origin {
                 qmedic::Origin::BuiltIn => "built-in".to_string(),
                 qmedic::Origin::File(p) => p.display().to_string(),
             };
-            let status = if i.quarantined.is_some() { " (quarantined)" } else { "" };
+            let status = if i.quarantined.is_some() {
+                " (quarantined)"
+            } else {
+                ""
+            };
             out += &format!(
                 "{:<20} {:<8} {:<9} {:<14} {:<22} {origin}{status}\n",
                 i.name,
@@ -187,8 +219,17 @@ fn list(runtime: &Runtime, output: Output) {
 }
 
 fn inspect_text(i: &qmedic::PluginInfo) -> String {
-    let list = |v: &[String]| if v.is_empty() { "none".to_string() } else { v.join(", ") };
-    let mut out = format!("name:         {}\nkind:         {}\nversion:      {}\nwit:          qmedic:plugin@{}\n", i.name, i.kind, i.version, i.wit);
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    let mut out = format!(
+        "name:         {}\nkind:         {}\nversion:      {}\nwit:          qmedic:plugin@{}\n",
+        i.name, i.kind, i.version, i.wit
+    );
     if !i.description.is_empty() {
         out += &format!("description:  {}\n", i.description);
     }
@@ -196,9 +237,20 @@ fn inspect_text(i: &qmedic::PluginInfo) -> String {
         out += &format!("serves:       {b} connections\n");
     }
     let caps: Vec<String> = i.capabilities.iter().map(ToString::to_string).collect();
-    out += &format!("sha256:       {}\ncapabilities: {}\n", i.sha256, list(&caps));
-    out += &format!("connections:  {}\nscalers:      {}\n", list(&i.grant.connections), list(&i.grant.scalers));
-    out += &format!("limits:       timeout {} ms, memory {} bytes, output {} bytes\n", i.timeout_ms, i.memory_bytes, i.output_bytes);
+    out += &format!(
+        "sha256:       {}\ncapabilities: {}\n",
+        i.sha256,
+        list(&caps)
+    );
+    out += &format!(
+        "connections:  {}\nscalers:      {}\n",
+        list(&i.grant.connections),
+        list(&i.grant.scalers)
+    );
+    out += &format!(
+        "limits:       timeout {} ms, memory {} bytes, output {} bytes\n",
+        i.timeout_ms, i.memory_bytes, i.output_bytes
+    );
     out += &match &i.origin {
         qmedic::Origin::BuiltIn => "origin:       built-in\n".to_string(),
         qmedic::Origin::File(p) => format!("origin:       {}\n", p.display()),
@@ -212,15 +264,23 @@ fn inspect_text(i: &qmedic::PluginInfo) -> String {
 fn read_input(input: &str) -> Result<String, Failure> {
     let text = if input == "-" {
         let mut s = String::new();
-        std::io::stdin().read_to_string(&mut s).map_err(|e| Failure::Usage(format!("cannot read --input from stdin: {e}")))?;
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|e| Failure::Usage(format!("cannot read --input from stdin: {e}")))?;
         s
     } else if let Some(file) = input.strip_prefix('@') {
-        std::fs::read_to_string(file).map_err(|e| Failure::Usage(format!("cannot read --input file {file}: {e}")))?
+        std::fs::read_to_string(file)
+            .map_err(|e| Failure::Usage(format!("cannot read --input file {file}: {e}")))?
     } else {
         input.to_string()
     };
-    serde_json::from_str::<serde_json::Value>(&text)
-        .map_err(|e| Failure::Usage(format!("--input is not JSON: {e} (line {}, column {})", e.line(), e.column())))?;
+    serde_json::from_str::<serde_json::Value>(&text).map_err(|e| {
+        Failure::Usage(format!(
+            "--input is not JSON: {e} (line {}, column {})",
+            e.line(),
+            e.column()
+        ))
+    })?;
     Ok(text)
 }
 
@@ -235,13 +295,17 @@ async fn call(runtime: &Runtime, plugin: &str, input: &str, output: Output) -> R
     }
     match call.outcome {
         Ok(report) => {
-            let value: serde_json::Value = serde_json::from_str(&report).unwrap_or(serde_json::Value::String(report));
+            let value: serde_json::Value =
+                serde_json::from_str(&report).unwrap_or(serde_json::Value::String(report));
             match output {
                 Output::Json => println!(
                     "{}",
                     json!({ "plugin": name, "report": value, "duration_ms": call.duration.as_millis() as u64, "logs": call.logs })
                 ),
-                Output::Text => println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default()),
+                Output::Text => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&value).unwrap_or_default()
+                ),
             }
             Ok(())
         }
@@ -265,7 +329,12 @@ async fn serve(config: &Config, runtime: Runtime) -> Result<(), Failure> {
         );
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
-        .map_err(|e| Failure::Usage(format!("cannot listen on {} (config `listen`): {e}", config.listen)))?;
+        .map_err(|e| {
+            Failure::Usage(format!(
+                "cannot listen on {} (config `listen`): {e}",
+                config.listen
+            ))
+        })?;
     tracing::info!("qmedic serving on http://{}", config.listen);
     axum::serve(listener, app)
         .with_graceful_shutdown(async {

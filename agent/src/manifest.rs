@@ -136,7 +136,11 @@ impl Manifest {
             return Err(at("capabilities").error(format!(
                 "an {} cannot ask for `{bad}`; it may ask for {}",
                 self.kind,
-                allowed.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ")
+                allowed
+                    .iter()
+                    .map(|c| format!("`{c}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )));
         }
         Ok(())
@@ -147,7 +151,10 @@ impl Manifest {
 fn wit_compatible(version: &str) -> bool {
     let major_minor = |v: &str| {
         let mut parts = v.split('.');
-        (parts.next().map(str::to_owned), parts.next().map(str::to_owned))
+        (
+            parts.next().map(str::to_owned),
+            parts.next().map(str::to_owned),
+        )
     };
     version.split('.').count() == 3 && major_minor(version) == major_minor(WIT_VERSION)
 }
@@ -177,7 +184,11 @@ capabilities = ["broker", "state"]
         let text = GOOD.replace("wit = \"0.1.0\"", "wit = \"0.1.0\"\ncapabilites = []");
         let err = Manifest::parse(&text, Path::new("p/plugin.toml")).unwrap_err();
         assert_eq!((err.location.line, err.location.column), (6, 1), "{err}");
-        assert!(err.to_string().starts_with("p/plugin.toml:6:1: unknown field `capabilites`"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("p/plugin.toml:6:1: unknown field `capabilites`"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -197,7 +208,9 @@ capabilities = ["broker", "state"]
 
     #[test]
     fn adapter_must_name_its_broker() {
-        let text = GOOD.replace("\"action\"", "\"adapter\"").replace(r#"["broker", "state"]"#, "[]");
+        let text = GOOD
+            .replace("\"action\"", "\"adapter\"")
+            .replace(r#"["broker", "state"]"#, "[]");
         let err = Manifest::parse(&text, Path::new("plugin.toml")).unwrap_err();
         assert_eq!(err.location.line, 4);
     }

@@ -37,8 +37,16 @@ pub fn build_all(plugins_dir: &Path) -> Vec<Built> {
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
 
     println!("cargo:rerun-if-changed={}", plugins_dir.display());
-    for shared in ["plugin-sdk/src", "plugin-sdk/wit", "plugin-sdk/Cargo.toml", "Cargo.lock"] {
-        println!("cargo:rerun-if-changed={}", workspace.join(shared).display());
+    for shared in [
+        "plugin-sdk/src",
+        "plugin-sdk/wit",
+        "plugin-sdk/Cargo.toml",
+        "Cargo.lock",
+    ] {
+        println!(
+            "cargo:rerun-if-changed={}",
+            workspace.join(shared).display()
+        );
     }
 
     let mut crates: Vec<PathBuf> = fs::read_dir(plugins_dir)
@@ -54,7 +62,15 @@ pub fn build_all(plugins_dir: &Path) -> Vec<Built> {
             let name = package_name(&dir.join("Cargo.toml"));
             let mut cmd = Command::new(&cargo);
             cmd.current_dir(&workspace)
-                .args(["build", "--release", "--quiet", "--target", TARGET, "-p", &name])
+                .args([
+                    "build",
+                    "--release",
+                    "--quiet",
+                    "--target",
+                    TARGET,
+                    "-p",
+                    &name,
+                ])
                 .arg("--target-dir")
                 .arg(&target_dir);
             // The outer build's settings are for the host, not for the plugins.
@@ -84,7 +100,12 @@ pub fn build_all(plugins_dir: &Path) -> Vec<Built> {
             let wasm = out_dir.join(format!("{name}.wasm"));
             fs::copy(&artifact, &wasm)
                 .unwrap_or_else(|e| panic!("cannot copy {}: {e}", artifact.display()));
-            Built { manifest: dir.join("plugin.toml"), name, dir, wasm }
+            Built {
+                manifest: dir.join("plugin.toml"),
+                name,
+                dir,
+                wasm,
+            }
         })
         .collect()
 }
@@ -119,9 +140,7 @@ fn wasm_target_dir(out_dir: &Path) -> PathBuf {
 
 fn workspace_root(from: &Path) -> PathBuf {
     from.ancestors()
-        .find(|p| {
-            fs::read_to_string(p.join("Cargo.toml")).is_ok_and(|s| s.contains("[workspace]"))
-        })
+        .find(|p| fs::read_to_string(p.join("Cargo.toml")).is_ok_and(|s| s.contains("[workspace]")))
         .unwrap_or_else(|| panic!("no workspace above {}", from.display()))
         .to_path_buf()
 }

@@ -33,8 +33,8 @@ mod host;
 
 pub use action::{Action, run_json};
 pub use adapter::{Adapter, http};
-pub use host::{broker, clock, log, scale, state};
 pub use host::{Error, Message, Outgoing, QueueStats, Settlement};
+pub use host::{broker, clock, log, scale, state};
 
 /// The generated bindings, for the export macros and for plugins that need the raw contract.
 pub mod bindings {

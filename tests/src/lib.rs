@@ -7,12 +7,15 @@ use qmedic::{Config, Runtime};
 
 /// The `.wasm` of a fixture plugin built from `tests/plugins/<name>`.
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("QMEDIC_FIXTURES")).join(name).join(format!("{name}.wasm"))
+    Path::new(env!("QMEDIC_FIXTURES"))
+        .join(name)
+        .join(format!("{name}.wasm"))
 }
 
 /// Hex sha256 of a fixture's `.wasm`.
 pub fn fixture_sha256(name: &str) -> String {
-    let wasm = std::fs::read(fixture(name)).unwrap_or_else(|e| panic!("fixture {name} is not built: {e}"));
+    let wasm =
+        std::fs::read(fixture(name)).unwrap_or_else(|e| panic!("fixture {name} is not built: {e}"));
     qmedic::sha256_hex(&wasm)
 }
 
@@ -39,7 +42,8 @@ pub fn config(yaml: &str) -> Config {
     } else {
         format!("{cache_line}{yaml}")
     };
-    Config::parse(&yaml, Path::new("test.yaml")).unwrap_or_else(|e| panic!("test config is invalid: {e}\n{yaml}"))
+    Config::parse(&yaml, Path::new("test.yaml"))
+        .unwrap_or_else(|e| panic!("test config is invalid: {e}\n{yaml}"))
 }
 
 /// A runtime for a config written by a test.
@@ -50,8 +54,15 @@ pub fn runtime(yaml: &str) -> Runtime {
 /// The `qmedic` binary of this build, beside the test executable's folder.
 pub fn qmedic_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target profile folder");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile folder");
     let bin = dir.join("qmedic");
-    assert!(bin.is_file(), "{} is missing; `cargo build` builds it", bin.display());
+    assert!(
+        bin.is_file(),
+        "{} is missing; `cargo build` builds it",
+        bin.display()
+    );
     bin
 }

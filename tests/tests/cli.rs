@@ -20,7 +20,12 @@ fn write_config(dir: &Path) -> std::path::PathBuf {
 }
 
 fn qmedic(config: &Path, args: &[&str]) -> Output {
-    Command::new(qmedic_bin()).arg("--config").arg(config).args(args).output().expect("run qmedic")
+    Command::new(qmedic_bin())
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .expect("run qmedic")
 }
 
 fn stdout(o: &Output) -> String {
@@ -38,19 +43,39 @@ fn plugin_list_shows_every_plugin_with_its_digest() {
     let out = qmedic(&config, &["plugin", "list", "--output", "json"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let list: Value = serde_json::from_str(&stdout(&out)).expect("one JSON document on stdout");
-    let names: Vec<&str> = list.as_array().expect("array").iter().map(|p| p["name"].as_str().expect("name")).collect();
+    let names: Vec<&str> = list
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|p| p["name"].as_str().expect("name"))
+        .collect();
     for expected in ["adjust-prefetch", "broker-probe", "memory-adapter", "spin"] {
-        assert!(names.contains(&expected), "{expected} missing from {names:?}");
+        assert!(
+            names.contains(&expected),
+            "{expected} missing from {names:?}"
+        );
     }
-    let probe = list.as_array().expect("array").iter().find(|p| p["name"] == "broker-probe").expect("probe");
+    let probe = list
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|p| p["name"] == "broker-probe")
+        .expect("probe");
     assert_eq!(probe["sha256"], fixture_sha256("broker-probe"));
     assert_eq!(probe["kind"], "action");
-    assert_eq!(probe["capabilities"], serde_json::json!(["broker", "state", "scale"]));
+    assert_eq!(
+        probe["capabilities"],
+        serde_json::json!(["broker", "state", "scale"])
+    );
 
     let out = qmedic(&config, &["plugin", "list"]);
     let text = stdout(&out);
     assert!(text.starts_with("NAME"), "{text}");
-    assert!(text.lines().any(|l| l.starts_with("memory-adapter") && l.contains("adapter")), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("memory-adapter") && l.contains("adapter")),
+        "{text}"
+    );
 }
 
 #[test]
@@ -64,11 +89,24 @@ fn plugin_inspect_by_name_and_by_path() {
     assert!(text.contains("serves:       memory connections"), "{text}");
 
     let path = fixture("panics");
-    let out = qmedic(&config, &["plugin", "inspect", path.to_str().expect("utf-8 path"), "--output", "json"]);
+    let out = qmedic(
+        &config,
+        &[
+            "plugin",
+            "inspect",
+            path.to_str().expect("utf-8 path"),
+            "--output",
+            "json",
+        ],
+    );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let info: Value = serde_json::from_str(&stdout(&out)).expect("JSON");
     assert_eq!(info["name"], "panics");
-    assert_eq!(info["grant"]["connections"], serde_json::json!([]), "an unconfigured file gets no grants");
+    assert_eq!(
+        info["grant"]["connections"],
+        serde_json::json!([]),
+        "an unconfigured file gets no grants"
+    );
 }
 
 #[test]
@@ -76,7 +114,18 @@ fn plugin_call_prints_the_report_and_exits_zero() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = write_config(dir.path());
     let input = r#"{"steps":[{"op":"publish","connection":"mem","queue":"q","bodies":["a"]},{"op":"stats","connection":"mem","queue":"q"}]}"#;
-    let out = qmedic(&config, &["plugin", "call", "broker-probe", "--input", input, "--output", "json"]);
+    let out = qmedic(
+        &config,
+        &[
+            "plugin",
+            "call",
+            "broker-probe",
+            "--input",
+            input,
+            "--output",
+            "json",
+        ],
+    );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let doc: Value = serde_json::from_str(&stdout(&out)).expect("one JSON document");
     assert_eq!(doc["plugin"], "broker-probe");
@@ -90,19 +139,51 @@ fn exit_codes_say_failed_or_usage() {
 
     let out = qmedic(&config, &["plugin", "call", "spin"]);
     assert_eq!(out.status.code(), Some(1), "a plugin that fails exits 1");
-    assert!(stderr(&out).contains("plugin `spin` ran past its deadline of 300ms"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("plugin `spin` ran past its deadline of 300ms"),
+        "{}",
+        stderr(&out)
+    );
 
-    let out = qmedic(&config, &["plugin", "call", "broker-probe", "--input", r#"{"steps":[{"op":"stats","connection":"nope","queue":"q"}]}"#]);
+    let out = qmedic(
+        &config,
+        &[
+            "plugin",
+            "call",
+            "broker-probe",
+            "--input",
+            r#"{"steps":[{"op":"stats","connection":"nope","queue":"q"}]}"#,
+        ],
+    );
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("no connection named `nope`"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no connection named `nope`"),
+        "{}",
+        stderr(&out)
+    );
 
     let out = qmedic(&config, &["plugin", "call", "spinn"]);
-    assert_eq!(out.status.code(), Some(2), "an unknown plugin is a usage error");
-    assert!(stderr(&out).contains("did you mean `spin`"), "{}", stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an unknown plugin is a usage error"
+    );
+    assert!(
+        stderr(&out).contains("did you mean `spin`"),
+        "{}",
+        stderr(&out)
+    );
 
-    let out = qmedic(&config, &["plugin", "call", "broker-probe", "--input", "{not json"]);
+    let out = qmedic(
+        &config,
+        &["plugin", "call", "broker-probe", "--input", "{not json"],
+    );
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("--input is not JSON"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--input is not JSON"),
+        "{}",
+        stderr(&out)
+    );
 
     let out = qmedic(&config, &["plugin", "frobnicate"]);
     assert_eq!(out.status.code(), Some(2));
@@ -111,12 +192,21 @@ fn exit_codes_say_failed_or_usage() {
     std::fs::write(&bad, "listen: 1\nstore: [\n").expect("write");
     let out = qmedic(&bad, &["plugin", "list", "--output", "json"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).starts_with(&format!("qmedic: {}:", bad.display())), "{}", stderr(&out));
-    let doc: Value = serde_json::from_str(&stdout(&out)).expect("JSON mode prints an error document");
+    assert!(
+        stderr(&out).starts_with(&format!("qmedic: {}:", bad.display())),
+        "{}",
+        stderr(&out)
+    );
+    let doc: Value =
+        serde_json::from_str(&stdout(&out)).expect("JSON mode prints an error document");
     assert!(doc["error"].as_str().expect("error").contains("bad.yaml:"));
 
     let missing = dir.path().join("missing.yaml");
     let out = qmedic(&missing, &["plugin", "list"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("cannot read config"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot read config"),
+        "{}",
+        stderr(&out)
+    );
 }

@@ -31,8 +31,15 @@ async fn server() -> (u16, Arc<Mutex<Vec<String>>>) {
                 let head = String::from_utf8_lossy(&buf[..len]).to_lowercase();
                 let found = head.starts_with("get /api/queues/orders ");
                 log.lock().expect("log").push(head);
-                let (status, body) = if found { ("200 OK", "42") } else { ("404 Not Found", "no") };
-                let reply = format!("HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+                let (status, body) = if found {
+                    ("200 OK", "42")
+                } else {
+                    ("404 Not Found", "no")
+                };
+                let reply = format!(
+                    "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
                 let _ = socket.write_all(reply.as_bytes()).await;
             });
         }
@@ -51,7 +58,10 @@ fn agent(port: u16, auth: &str) -> Runtime {
 
 async fn list(rt: &Runtime, path: &str) -> Result<Value, CallError> {
     let steps = json!({ "steps": [{ "op": "list", "connection": "web", "pattern": path }] });
-    let report = rt.call_action("broker-probe", &steps.to_string()).await.outcome?;
+    let report = rt
+        .call_action("broker-probe", &steps.to_string())
+        .await
+        .outcome?;
     Ok(serde_json::from_str::<Value>(&report).expect("JSON")["results"][0].clone())
 }
 
@@ -60,25 +70,45 @@ async fn the_host_adds_credentials_the_plugin_cannot_see_or_forge() {
     let (port, seen) = server().await;
     let secret = tempfile::NamedTempFile::new().expect("secret file");
     std::fs::write(secret.path(), "pa55word\n").expect("write secret");
-    let rt = agent(port, &format!("    username: monitor\n    password_file: {}\n", secret.path().display()));
+    let rt = agent(
+        port,
+        &format!(
+            "    username: monitor\n    password_file: {}\n",
+            secret.path().display()
+        ),
+    );
 
     let steps = json!({ "steps": [{ "op": "stats", "connection": "web", "queue": "orders" }] });
-    let report = rt.call_action("broker-probe", &steps.to_string()).await.outcome.expect("stats over http");
+    let report = rt
+        .call_action("broker-probe", &steps.to_string())
+        .await
+        .outcome
+        .expect("stats over http");
     let report: Value = serde_json::from_str(&report).expect("JSON");
     assert_eq!(report["results"][0]["depth"], 42);
 
     let heads = seen.lock().expect("log").clone();
     assert_eq!(heads.len(), 1);
     // base64("monitor:pa55word")
-    assert!(heads[0].contains("authorization: basic bw9uaxrvcjpwytu1d29yza=="), "{}", heads[0]);
-    assert!(!heads[0].contains("forged"), "the plugin's own authorization header must be dropped");
+    assert!(
+        heads[0].contains("authorization: basic bw9uaxrvcjpwytu1d29yza=="),
+        "{}",
+        heads[0]
+    );
+    assert!(
+        !heads[0].contains("forged"),
+        "the plugin's own authorization header must be dropped"
+    );
 }
 
 #[tokio::test]
 async fn bearer_tokens_are_sent_too() {
     let (port, seen) = server().await;
     let rt = agent(port, "    token: t0ken\n");
-    assert_eq!(list(&rt, "/queues/orders").await.expect("list"), json!(["200", "42"]));
+    assert_eq!(
+        list(&rt, "/queues/orders").await.expect("list"),
+        json!(["200", "42"])
+    );
     assert!(seen.lock().expect("log")[0].contains("authorization: bearer t0ken"));
 }
 
@@ -86,7 +116,10 @@ async fn bearer_tokens_are_sent_too() {
 async fn requests_cannot_leave_the_base_url() {
     let (port, seen) = server().await;
     let rt = agent(port, "");
-    assert_eq!(list(&rt, "/missing").await.expect("inside the base"), json!(["404", "no"]));
+    assert_eq!(
+        list(&rt, "/missing").await.expect("inside the base"),
+        json!(["404", "no"])
+    );
     for escape in [
         "/../secret".to_string(),
         "/%2e%2e/secret".to_string(),
@@ -95,11 +128,21 @@ async fn requests_cannot_leave_the_base_url() {
         "queues/orders".to_string(),
     ] {
         match list(&rt, &escape).await {
-            Err(CallError::Plugin { error: PluginFailure::Denied(msg), .. }) => {
-                assert!(msg.contains("outside connection `web`'s base URL"), "{escape}: {msg}")
+            Err(CallError::Plugin {
+                error: PluginFailure::Denied(msg),
+                ..
+            }) => {
+                assert!(
+                    msg.contains("outside connection `web`'s base URL"),
+                    "{escape}: {msg}"
+                )
             }
             other => panic!("{escape}: expected denied, got {other:?}"),
         }
     }
-    assert_eq!(seen.lock().expect("log").len(), 1, "denied requests never reach the server");
+    assert_eq!(
+        seen.lock().expect("log").len(),
+        1,
+        "denied requests never reach the server"
+    );
 }

@@ -36,12 +36,21 @@ fn a_plugin_that_does_not_match_its_pin_is_refused() {
     bytes.extend_from_slice(b"\0tampered");
     std::fs::write(&wasm, &bytes).expect("write");
 
-    let err = load_error(&format!("plugins:\n  panics:\n    path: {}\n    sha256: {pinned}\n", wasm.display()));
+    let err = load_error(&format!(
+        "plugins:\n  panics:\n    path: {}\n    sha256: {pinned}\n",
+        wasm.display()
+    ));
     assert!(matches!(err, LoadError::PinMismatch { .. }), "{err:?}");
     let msg = err.to_string();
     assert!(msg.contains("plugin `panics`"), "{msg}");
-    assert!(msg.contains(&pinned), "the message shows the pinned digest: {msg}");
-    assert!(msg.contains(&qmedic::sha256_hex(&bytes)), "and the file's actual digest: {msg}");
+    assert!(
+        msg.contains(&pinned),
+        "the message shows the pinned digest: {msg}"
+    );
+    assert!(
+        msg.contains(&qmedic::sha256_hex(&bytes)),
+        "and the file's actual digest: {msg}"
+    );
     assert!(msg.contains("refusing to load it"), "{msg}");
 }
 
@@ -60,11 +69,27 @@ fn a_malformed_manifest_points_at_its_file_and_line() {
     let dir = tempfile::tempdir().expect("tempdir");
     let manifest = "name = \"panics\"\nversion = \"0.1.0\"\nkind = \"acton\"\nwit = \"0.1.0\"\n";
     let wasm = copy_fixture(dir.path(), "panics", Some(manifest));
-    let err = load_error(&format!("plugins:\n  panics:\n    path: {}\n    sha256: {}\n", wasm.display(), fixture_sha256("panics")));
-    let LoadError::Manifest(located) = &err else { panic!("expected a manifest error, got {err:?}") };
+    let err = load_error(&format!(
+        "plugins:\n  panics:\n    path: {}\n    sha256: {}\n",
+        wasm.display(),
+        fixture_sha256("panics")
+    ));
+    let LoadError::Manifest(located) = &err else {
+        panic!("expected a manifest error, got {err:?}")
+    };
     assert_eq!(located.location.file, dir.path().join("plugin.toml"));
-    assert_eq!((located.location.line, located.location.column), (3, 8), "{err}");
-    assert!(err.to_string().starts_with(&format!("{}:3:8: ", dir.path().join("plugin.toml").display())), "{err}");
+    assert_eq!(
+        (located.location.line, located.location.column),
+        (3, 8),
+        "{err}"
+    );
+    assert!(
+        err.to_string().starts_with(&format!(
+            "{}:3:8: ",
+            dir.path().join("plugin.toml").display()
+        )),
+        "{err}"
+    );
     assert!(located.message.contains("acton"), "{err}");
 }
 
@@ -73,8 +98,15 @@ fn a_manifest_that_lies_about_its_kind_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let manifest = "name = \"panics\"\nversion = \"0.1.0\"\nkind = \"adapter\"\nbroker = \"x\"\nwit = \"0.1.0\"\n";
     let wasm = copy_fixture(dir.path(), "panics", Some(manifest));
-    let err = load_error(&format!("plugins:\n  panics:\n    path: {}\n    sha256: {}\n", wasm.display(), fixture_sha256("panics")));
-    assert!(matches!(err, LoadError::Link { .. } | LoadError::Exports { .. }), "{err:?}");
+    let err = load_error(&format!(
+        "plugins:\n  panics:\n    path: {}\n    sha256: {}\n",
+        wasm.display(),
+        fixture_sha256("panics")
+    ));
+    assert!(
+        matches!(err, LoadError::Link { .. } | LoadError::Exports { .. }),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("plugin `panics`"), "{err}");
 }
 
@@ -85,22 +117,35 @@ fn a_plugin_that_imports_the_filesystem_fails_to_load() {
     let msg = err.to_string();
     assert!(msg.contains("plugin `fs-reader` cannot be linked"), "{msg}");
     assert!(msg.contains("wasi:filesystem"), "{msg}");
-    assert!(msg.contains("filesystem and sockets are not available"), "{msg}");
+    assert!(
+        msg.contains("filesystem and sockets are not available"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn a_malformed_config_points_at_file_line_and_column() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("qmedic.yaml");
-    std::fs::write(&path, "listen: 127.0.0.1:9464\nplugins:\n  broker-probe:\n    conections: [mem]\n").expect("write");
+    std::fs::write(
+        &path,
+        "listen: 127.0.0.1:9464\nplugins:\n  broker-probe:\n    conections: [mem]\n",
+    )
+    .expect("write");
     let err = Config::load(&path).expect_err("unknown field");
     let text = err.to_string();
-    assert!(text.starts_with(&format!("{}:4:5: ", path.display())), "{text}");
+    assert!(
+        text.starts_with(&format!("{}:4:5: ", path.display())),
+        "{text}"
+    );
     assert!(text.contains("conections"), "{text}");
 
     std::fs::write(&path, "connections:\n  mem: { kind: memory\n").expect("write");
     let err = Config::load(&path).expect_err("broken YAML");
-    assert!(err.to_string().starts_with(&format!("{}:", path.display())), "{err}");
+    assert!(
+        err.to_string().starts_with(&format!("{}:", path.display())),
+        "{err}"
+    );
 
     let err = Config::load(&dir.path().join("absent.yaml")).expect_err("missing file");
     assert!(err.to_string().contains("cannot read config"), "{err}");
@@ -110,6 +155,9 @@ fn a_malformed_config_points_at_file_line_and_column() {
 fn an_unknown_plugin_entry_suggests_the_built_in_name() {
     let err = load_error("plugins:\n  adjust-prefech:\n    connections: []\n");
     let msg = err.to_string();
-    assert!(msg.starts_with("test.yaml:4:3: plugins.adjust-prefech"), "{msg}");
+    assert!(
+        msg.starts_with("test.yaml:4:3: plugins.adjust-prefech"),
+        "{msg}"
+    );
     assert!(msg.contains("did you mean `adjust-prefetch`"), "{msg}");
 }

@@ -14,7 +14,10 @@ fn agent(extra_connections: &str, extra_plugins: &str) -> Runtime {
 }
 
 async fn probe(rt: &Runtime, steps: Value) -> Result<Vec<Value>, CallError> {
-    let report = rt.call_action("broker-probe", &json!({ "steps": steps }).to_string()).await.outcome?;
+    let report = rt
+        .call_action("broker-probe", &json!({ "steps": steps }).to_string())
+        .await
+        .outcome?;
     let report: Value = serde_json::from_str(&report).expect("probe report is JSON");
     Ok(report["results"].as_array().expect("results").clone())
 }
@@ -53,41 +56,74 @@ async fn broker_calls_reach_the_adapter_for_the_connection_kind() {
 #[tokio::test]
 async fn the_built_in_action_works_through_the_adapter() {
     let rt = agent("", "");
-    let builtin = rt.plugin("adjust-prefetch").expect("built-in plugin is loaded");
+    let builtin = rt
+        .plugin("adjust-prefetch")
+        .expect("built-in plugin is loaded");
     assert_eq!(builtin.origin, Origin::BuiltIn);
 
-    probe(&rt, json!([{ "op": "publish", "connection": "mem", "queue": "orders", "bodies": ["x", "y"] }]))
-        .await
-        .expect("publish");
+    probe(
+        &rt,
+        json!([{ "op": "publish", "connection": "mem", "queue": "orders", "bodies": ["x", "y"] }]),
+    )
+    .await
+    .expect("publish");
     let params = json!({ "connection": "mem", "queue": "orders", "value": 5000, "max": 1000 });
     let call = rt.call_action("adjust-prefetch", &params.to_string()).await;
-    let report: Value = serde_json::from_str(&call.outcome.expect("adjust-prefetch")).expect("JSON report");
+    let report: Value =
+        serde_json::from_str(&call.outcome.expect("adjust-prefetch")).expect("JSON report");
     assert_eq!(report["applied"], 1000);
     assert_eq!(report["clamped"], true);
     assert_eq!(report["depth-before"], 2);
-    assert!(call.logs.iter().any(|l| l.plugin == "adjust-prefetch" && l.message.contains("set prefetch on orders to 1000")));
+    assert!(
+        call.logs.iter().any(|l| l.plugin == "adjust-prefetch"
+            && l.message.contains("set prefetch on orders to 1000"))
+    );
 
-    let r = probe(&rt, json!([{ "op": "stats", "connection": "mem", "queue": "orders" }])).await.expect("stats");
+    let r = probe(
+        &rt,
+        json!([{ "op": "stats", "connection": "mem", "queue": "orders" }]),
+    )
+    .await
+    .expect("stats");
     assert_eq!(r[0]["extra"], json!([["limit.prefetch", 1000.0]]));
 
     // A knob the broker does not have comes back as the adapter's `invalid`, naming the ones it has.
-    let params = json!({ "connection": "mem", "queue": "orders", "limit": "max-ack-pending", "value": 5 });
-    match rt.call_action("adjust-prefetch", &params.to_string()).await.outcome {
-        Err(CallError::Plugin { error: PluginFailure::Invalid(msg), .. }) => {
+    let params =
+        json!({ "connection": "mem", "queue": "orders", "limit": "max-ack-pending", "value": 5 });
+    match rt
+        .call_action("adjust-prefetch", &params.to_string())
+        .await
+        .outcome
+    {
+        Err(CallError::Plugin {
+            error: PluginFailure::Invalid(msg),
+            ..
+        }) => {
             assert!(msg.contains("prefetch, max-length"), "{msg}")
         }
         other => panic!("expected invalid, got {other:?}"),
     }
     // Dry run changes nothing.
     let params = json!({ "connection": "mem", "queue": "orders", "value": 7, "dry-run": true });
-    rt.call_action("adjust-prefetch", &params.to_string()).await.outcome.expect("dry run");
-    let r = probe(&rt, json!([{ "op": "stats", "connection": "mem", "queue": "orders" }])).await.expect("stats");
+    rt.call_action("adjust-prefetch", &params.to_string())
+        .await
+        .outcome
+        .expect("dry run");
+    let r = probe(
+        &rt,
+        json!([{ "op": "stats", "connection": "mem", "queue": "orders" }]),
+    )
+    .await
+    .expect("stats");
     assert_eq!(r[0]["extra"], json!([["limit.prefetch", 1000.0]]));
 }
 
 #[tokio::test]
 async fn a_connection_can_name_its_adapter() {
-    let rt = agent("  custom: { kind: in-house, adapter: memory-adapter }\n", "");
+    let rt = agent(
+        "  custom: { kind: in-house, adapter: memory-adapter }\n",
+        "",
+    );
     let r = probe(
         &rt,
         json!([
@@ -103,24 +139,52 @@ async fn a_connection_can_name_its_adapter() {
 #[tokio::test]
 async fn errors_name_what_is_missing() {
     let rt = agent("", "");
-    match probe(&rt, json!([{ "op": "stats", "connection": "other", "queue": "q" }])).await {
-        Err(CallError::Plugin { error: PluginFailure::NotFound(msg), .. }) => {
-            assert!(msg.contains("no adapter plugin serves connection kind `nothing-serves-this`"), "{msg}")
+    match probe(
+        &rt,
+        json!([{ "op": "stats", "connection": "other", "queue": "q" }]),
+    )
+    .await
+    {
+        Err(CallError::Plugin {
+            error: PluginFailure::NotFound(msg),
+            ..
+        }) => {
+            assert!(
+                msg.contains("no adapter plugin serves connection kind `nothing-serves-this`"),
+                "{msg}"
+            )
         }
         other => panic!("expected not-found, got {other:?}"),
     }
-    match probe(&rt, json!([{ "op": "stats", "connection": "meme", "queue": "q" }])).await {
-        Err(CallError::Plugin { error: PluginFailure::NotFound(msg), .. }) => {
-            assert!(msg.contains("no connection named `meme`") && msg.contains("did you mean `mem`"), "{msg}")
+    match probe(
+        &rt,
+        json!([{ "op": "stats", "connection": "meme", "queue": "q" }]),
+    )
+    .await
+    {
+        Err(CallError::Plugin {
+            error: PluginFailure::NotFound(msg),
+            ..
+        }) => {
+            assert!(
+                msg.contains("no connection named `meme`") && msg.contains("did you mean `mem`"),
+                "{msg}"
+            )
         }
         other => panic!("expected not-found, got {other:?}"),
     }
     match rt.call_action("adjust-prefech", "{}").await.outcome {
-        Err(e @ CallError::NotFound { .. }) => assert!(e.to_string().contains("did you mean `adjust-prefetch`"), "{e}"),
+        Err(e @ CallError::NotFound { .. }) => assert!(
+            e.to_string().contains("did you mean `adjust-prefetch`"),
+            "{e}"
+        ),
         other => panic!("expected not-found, got {other:?}"),
     }
     match rt.call_action("memory-adapter", "{}").await.outcome {
-        Err(e @ CallError::WrongKind { .. }) => assert!(e.to_string().contains("is an adapter, not an action"), "{e}"),
+        Err(e @ CallError::WrongKind { .. }) => assert!(
+            e.to_string().contains("is an adapter, not an action"),
+            "{e}"
+        ),
         other => panic!("expected wrong kind, got {other:?}"),
     }
 }
@@ -128,12 +192,24 @@ async fn errors_name_what_is_missing() {
 #[tokio::test]
 async fn state_persists_per_plugin_across_calls() {
     let rt = agent("", "");
-    probe(&rt, json!([{ "op": "state-set", "key": "k", "value": "v1" }])).await.expect("set");
-    let r = probe(&rt, json!([{ "op": "state-get", "key": "k" }, { "op": "state-get", "key": "queues/mem" }]))
-        .await
-        .expect("get");
+    probe(
+        &rt,
+        json!([{ "op": "state-set", "key": "k", "value": "v1" }]),
+    )
+    .await
+    .expect("set");
+    let r = probe(
+        &rt,
+        json!([{ "op": "state-get", "key": "k" }, { "op": "state-get", "key": "queues/mem" }]),
+    )
+    .await
+    .expect("get");
     assert_eq!(r[0], "v1");
-    assert_eq!(r[1], Value::Null, "the adapter's keys are not visible to another plugin");
+    assert_eq!(
+        r[1],
+        Value::Null,
+        "the adapter's keys are not visible to another plugin"
+    );
 }
 
 #[tokio::test]
@@ -163,17 +239,41 @@ async fn scalers_run_their_commands_and_grants_apply() {
     assert_eq!(r, vec![json!(2), json!(7), json!(7)]);
     assert_eq!(std::fs::read_to_string(&file).expect("file").trim(), "7");
 
-    match probe(&rt, json!([{ "op": "replicas", "scaler": "other", "target": "orders" }])).await {
-        Err(CallError::Plugin { error: PluginFailure::Denied(msg), .. }) => assert!(msg.contains("scaler `other`"), "{msg}"),
+    match probe(
+        &rt,
+        json!([{ "op": "replicas", "scaler": "other", "target": "orders" }]),
+    )
+    .await
+    {
+        Err(CallError::Plugin {
+            error: PluginFailure::Denied(msg),
+            ..
+        }) => assert!(msg.contains("scaler `other`"), "{msg}"),
         other => panic!("expected denied, got {other:?}"),
     }
-    match probe(&rt, json!([{ "op": "replicas", "scaler": "workers", "target": "--all" }])).await {
-        Err(CallError::Plugin { error: PluginFailure::Invalid(msg), .. }) => assert!(msg.contains("`--all`"), "{msg}"),
+    match probe(
+        &rt,
+        json!([{ "op": "replicas", "scaler": "workers", "target": "--all" }]),
+    )
+    .await
+    {
+        Err(CallError::Plugin {
+            error: PluginFailure::Invalid(msg),
+            ..
+        }) => assert!(msg.contains("`--all`"), "{msg}"),
         other => panic!("expected invalid target, got {other:?}"),
     }
     // A third-party plugin without grants reaches nothing.
-    match probe(&rt, json!([{ "op": "stats", "connection": "mem", "queue": "q" }])).await {
-        Err(CallError::Plugin { error: PluginFailure::Denied(msg), .. }) => assert!(msg.contains("connection `mem`"), "{msg}"),
+    match probe(
+        &rt,
+        json!([{ "op": "stats", "connection": "mem", "queue": "q" }]),
+    )
+    .await
+    {
+        Err(CallError::Plugin {
+            error: PluginFailure::Denied(msg),
+            ..
+        }) => assert!(msg.contains("connection `mem`"), "{msg}"),
         other => panic!("expected denied, got {other:?}"),
     }
 }

@@ -12,7 +12,13 @@ fn agent(quarantine_after: u32, timeout: &str) -> Runtime {
         "runtime:\n  quarantine_after: {quarantine_after}\n  limits:\n    timeout: {timeout}\n    memory: 64MiB\n    output: 1MiB\n\
          connections:\n  mem: {{ kind: memory }}\n  secret: {{ kind: memory }}\nplugins:\n"
     );
-    for hostile in ["spin", "memory-bomb", "deep-recursion", "panics", "memory-adapter"] {
+    for hostile in [
+        "spin",
+        "memory-bomb",
+        "deep-recursion",
+        "panics",
+        "memory-adapter",
+    ] {
         yaml += &plugin_entry(hostile, "");
     }
     // Building a 100 MB answer needs room, so only the output cap can stop it.
@@ -32,28 +38,47 @@ async fn healthy_roundtrip(rt: &Runtime, n: usize) -> Result<(), String> {
         { "op": "stats", "connection": "mem", "queue": queue },
     ]});
     let call = rt.call_action("broker-probe", &params.to_string()).await;
-    let report: Value = serde_json::from_str(&call.outcome.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    let report: Value = serde_json::from_str(&call.outcome.map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
     let r = &report["results"];
     let expected = (json!(3), json!(3), json!(["a", "b", "c"]), json!(0));
-    let got = (r[0].clone(), r[1]["depth"].clone(), r[2].clone(), r[3]["depth"].clone());
-    if got == expected { Ok(()) } else { Err(format!("healthy plugin answered {report}")) }
+    let got = (
+        r[0].clone(),
+        r[1]["depth"].clone(),
+        r[2].clone(),
+        r[3]["depth"].clone(),
+    );
+    if got == expected {
+        Ok(())
+    } else {
+        Err(format!("healthy plugin answered {report}"))
+    }
 }
 
 /// Assert `err` is the failure `plugin` should hit, and that its message says so.
 fn assert_hostile(plugin: &str, err: &CallError) {
     let msg = err.to_string();
-    assert!(msg.contains(&format!("plugin `{plugin}`")), "{plugin}: message does not name the plugin: {msg}");
+    assert!(
+        msg.contains(&format!("plugin `{plugin}`")),
+        "{plugin}: message does not name the plugin: {msg}"
+    );
     match plugin {
         "spin" => {
             assert!(matches!(err, CallError::Timeout { .. }), "spin: {err:?}");
             assert!(msg.contains("deadline"), "{msg}");
         }
         "memory-bomb" => {
-            assert!(matches!(err, CallError::Memory { limit, .. } if *limit == 64 << 20), "memory-bomb: {err:?}");
+            assert!(
+                matches!(err, CallError::Memory { limit, .. } if *limit == 64 << 20),
+                "memory-bomb: {err:?}"
+            );
             assert!(msg.contains("memory cap of 67108864 bytes"), "{msg}");
         }
         "deep-recursion" => {
-            assert!(matches!(err, CallError::StackOverflow { .. }), "deep-recursion: {err:?}");
+            assert!(
+                matches!(err, CallError::StackOverflow { .. }),
+                "deep-recursion: {err:?}"
+            );
             assert!(msg.contains("stack"), "{msg}");
         }
         "big-output" => {
@@ -65,13 +90,22 @@ fn assert_hostile(plugin: &str, err: &CallError) {
         }
         "panics" => {
             assert!(matches!(err, CallError::Panic { .. }), "panics: {err:?}");
-            assert!(msg.contains("the panics fixture panics on purpose"), "{msg}");
+            assert!(
+                msg.contains("the panics fixture panics on purpose"),
+                "{msg}"
+            );
         }
         other => panic!("no expectation for {other}"),
     }
 }
 
-const HOSTILE: [&str; 5] = ["spin", "memory-bomb", "deep-recursion", "big-output", "panics"];
+const HOSTILE: [&str; 5] = [
+    "spin",
+    "memory-bomb",
+    "deep-recursion",
+    "big-output",
+    "panics",
+];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_plugins_one_after_another_leave_the_agent_working() {
@@ -82,7 +116,9 @@ async fn hostile_plugins_one_after_another_leave_the_agent_working() {
         let err = call.outcome.expect_err(plugin);
         assert_hostile(plugin, &err);
         assert!(err.is_sandbox_failure(), "{plugin}");
-        healthy_roundtrip(&rt, i + 1).await.unwrap_or_else(|e| panic!("after {plugin}: {e}"));
+        healthy_roundtrip(&rt, i + 1)
+            .await
+            .unwrap_or_else(|e| panic!("after {plugin}: {e}"));
     }
 }
 
@@ -103,7 +139,9 @@ async fn hostile_plugins_all_at_once_beside_a_healthy_one() {
             let mut answered = 0;
             let started = Instant::now();
             while started.elapsed() < Duration::from_secs(3) {
-                healthy_roundtrip(&rt, 100 + answered).await.expect("healthy during the storm");
+                healthy_roundtrip(&rt, 100 + answered)
+                    .await
+                    .expect("healthy during the storm");
                 answered += 1;
             }
             answered
@@ -115,16 +153,26 @@ async fn hostile_plugins_all_at_once_beside_a_healthy_one() {
     }
     let answered = healthy.await.expect("healthy task");
     eprintln!("the healthy plugin answered {answered} round trips while the hostile ones ran");
-    assert!(answered >= 10, "the healthy plugin answered only {answered} times in 3 s");
+    assert!(
+        answered >= 10,
+        "the healthy plugin answered only {answered} times in 3 s"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ungranted_connection_is_denied() {
     let rt = agent(100, "2s");
     let params = json!({ "steps": [{ "op": "stats", "connection": "secret", "queue": "q" }] });
-    let err = rt.call_action("broker-probe", &params.to_string()).await.outcome.expect_err("denied");
+    let err = rt
+        .call_action("broker-probe", &params.to_string())
+        .await
+        .outcome
+        .expect_err("denied");
     match &err {
-        CallError::Plugin { plugin, error: PluginFailure::Denied(msg) } => {
+        CallError::Plugin {
+            plugin,
+            error: PluginFailure::Denied(msg),
+        } => {
             assert_eq!(plugin, "broker-probe");
             assert!(msg.contains("not granted connection `secret`"), "{msg}");
             assert!(msg.contains("plugins.broker-probe.connections"), "{msg}");
@@ -132,26 +180,48 @@ async fn an_ungranted_connection_is_denied() {
         other => panic!("expected denied, got {other:?}"),
     }
     assert!(!err.is_sandbox_failure());
-    healthy_roundtrip(&rt, 0).await.expect("healthy after denial");
+    healthy_roundtrip(&rt, 0)
+        .await
+        .expect("healthy after denial");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_that_keeps_failing_is_quarantined_until_reloaded() {
     let rt = agent(2, "200ms");
     for _ in 0..2 {
-        let err = rt.call_action("spin", "{}").await.outcome.expect_err("spin");
+        let err = rt
+            .call_action("spin", "{}")
+            .await
+            .outcome
+            .expect_err("spin");
         assert!(matches!(err, CallError::Timeout { .. }), "{err:?}");
     }
     let started = Instant::now();
-    let err = rt.call_action("spin", "{}").await.outcome.expect_err("quarantined");
+    let err = rt
+        .call_action("spin", "{}")
+        .await
+        .outcome
+        .expect_err("quarantined");
     assert!(matches!(err, CallError::Quarantined { .. }), "{err:?}");
-    assert!(err.to_string().contains("plugin `spin` is quarantined"), "{err}");
-    assert!(started.elapsed() < Duration::from_millis(150), "a quarantined plugin must not run");
+    assert!(
+        err.to_string().contains("plugin `spin` is quarantined"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(150),
+        "a quarantined plugin must not run"
+    );
     assert!(rt.plugin("spin").expect("loaded").quarantined().is_some());
     // Other plugins are unaffected.
-    healthy_roundtrip(&rt, 0).await.expect("healthy beside a quarantined plugin");
+    healthy_roundtrip(&rt, 0)
+        .await
+        .expect("healthy beside a quarantined plugin");
 
     rt.reload("spin").expect("reload");
-    let err = rt.call_action("spin", "{}").await.outcome.expect_err("spin runs again");
+    let err = rt
+        .call_action("spin", "{}")
+        .await
+        .outcome
+        .expect_err("spin runs again");
     assert!(matches!(err, CallError::Timeout { .. }), "{err:?}");
 }

@@ -15,14 +15,24 @@ use crate::host::bindings::adapter::qmedic::plugin::http::{Request, Response};
 
 /// Request headers a plugin may not set: credentials are the host's business, and the rest
 /// belong to the HTTP client.
-const RESERVED_HEADERS: &[&str] =
-    &["authorization", "proxy-authorization", "cookie", "host", "content-length", "transfer-encoding", "connection"];
+const RESERVED_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+];
 
 /// How the host authenticates to a connection's HTTP API.
 #[derive(Clone)]
 enum Auth {
     None,
-    Basic { username: String, password: Option<String> },
+    Basic {
+        username: String,
+        password: Option<String>,
+    },
     Bearer(String),
 }
 
@@ -37,14 +47,17 @@ pub(crate) struct Connection {
 
 impl Connection {
     pub(crate) fn new(config: &ConnectionConfig) -> Result<Connection, String> {
-        let http_url = config
-            .http_url
-            .clone()
-            .or_else(|| config.url.clone().filter(|u| u.starts_with("http://") || u.starts_with("https://")));
+        let http_url = config.http_url.clone().or_else(|| {
+            config
+                .url
+                .clone()
+                .filter(|u| u.starts_with("http://") || u.starts_with("https://"))
+        });
         let http_base = match http_url {
             None => None,
             Some(u) => {
-                let mut url = Url::parse(&u).map_err(|e| format!("http_url `{u}` is not a URL: {e}"))?;
+                let mut url =
+                    Url::parse(&u).map_err(|e| format!("http_url `{u}` is not a URL: {e}"))?;
                 if !matches!(url.scheme(), "http" | "https") {
                     return Err(format!("http_url `{u}` must be http:// or https://"));
                 }
@@ -71,20 +84,32 @@ impl Connection {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
-        Ok(Connection { kind: config.kind.clone(), adapter: config.adapter.clone(), http_base, auth, client })
+        Ok(Connection {
+            kind: config.kind.clone(),
+            adapter: config.adapter.clone(),
+            http_base,
+            auth,
+            client,
+        })
     }
 
     /// The URL `path` names under this connection's base URL, or `denied` if it leaves it.
     fn resolve(&self, conn: &str, path: &str) -> Result<Url, WitError> {
         let base = self.http_base.as_ref().ok_or_else(|| {
-            WitError::Invalid(format!("connection `{conn}` has no http_url; set one in the config to use HTTP"))
+            WitError::Invalid(format!(
+                "connection `{conn}` has no http_url; set one in the config to use HTTP"
+            ))
         })?;
         let outside = || {
             WitError::Denied(format!(
                 "`{path}` is outside connection `{conn}`'s base URL {base}; give a path under it, starting with `/`"
             ))
         };
-        if !path.starts_with('/') || path.starts_with("//") || path.contains('\\') || path.chars().any(char::is_control) {
+        if !path.starts_with('/')
+            || path.starts_with("//")
+            || path.contains('\\')
+            || path.chars().any(char::is_control)
+        {
             return Err(outside());
         }
         let url = base.join(&path[1..]).map_err(|_| outside())?;
@@ -99,13 +124,27 @@ impl Connection {
 
     /// Send a plugin's request with this connection's credentials, reading at most `max_body`
     /// bytes of the answer.
-    pub(crate) async fn send(&self, conn: &str, req: Request, timeout: Duration, max_body: u64) -> Result<Response, WitError> {
+    pub(crate) async fn send(
+        &self,
+        conn: &str,
+        req: Request,
+        timeout: Duration,
+        max_body: u64,
+    ) -> Result<Response, WitError> {
         let url = self.resolve(conn, &req.path)?;
         let method = Method::from_bytes(req.method.to_ascii_uppercase().as_bytes())
             .ok()
             .filter(|m| *m != Method::CONNECT && *m != Method::TRACE)
-            .ok_or_else(|| WitError::Invalid(format!("`{}` is not an HTTP method plugins may use", req.method)))?;
-        let mut builder = self.client.request(method.clone(), url.clone()).timeout(timeout);
+            .ok_or_else(|| {
+                WitError::Invalid(format!(
+                    "`{}` is not an HTTP method plugins may use",
+                    req.method
+                ))
+            })?;
+        let mut builder = self
+            .client
+            .request(method.clone(), url.clone())
+            .timeout(timeout);
         for (name, value) in &req.headers {
             if !RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
                 builder = builder.header(name, value);
@@ -120,7 +159,10 @@ impl Connection {
             builder = builder.body(req.body);
         }
         let failed = |e: reqwest::Error| {
-            WitError::Unavailable(format!("connection `{conn}`: {method} {url} failed: {}", without_url(e)))
+            WitError::Unavailable(format!(
+                "connection `{conn}`: {method} {url} failed: {}",
+                without_url(e)
+            ))
         };
         let mut response = builder.send().await.map_err(failed)?;
         let status = response.status().as_u16();
@@ -138,7 +180,11 @@ impl Connection {
             }
             body.extend_from_slice(&chunk);
         }
-        Ok(Response { status, headers, body })
+        Ok(Response {
+            status,
+            headers,
+            body,
+        })
     }
 }
 
@@ -167,8 +213,18 @@ mod tests {
     #[test]
     fn paths_stay_under_the_base_url() {
         let c = conn("http://127.0.0.1:15672/api");
-        assert_eq!(c.resolve("c", "/queues/%2f/q").unwrap().as_str(), "http://127.0.0.1:15672/api/queues/%2f/q");
-        for escape in ["//evil.example/x", "/../x", "/%2e%2e/x", "http://evil/", "x", "/a\\b"] {
+        assert_eq!(
+            c.resolve("c", "/queues/%2f/q").unwrap().as_str(),
+            "http://127.0.0.1:15672/api/queues/%2f/q"
+        );
+        for escape in [
+            "//evil.example/x",
+            "/../x",
+            "/%2e%2e/x",
+            "http://evil/",
+            "x",
+            "/a\\b",
+        ] {
             assert!(
                 matches!(c.resolve("c", escape), Err(WitError::Denied(_))),
                 "{escape} should be denied"
@@ -180,6 +236,11 @@ mod tests {
     fn credentials_in_http_url_are_refused() {
         let config: ConnectionConfig =
             serde_saphyr::from_str("kind: test\nhttp_url: http://u:p@h/\n").expect("config");
-        assert!(Connection::new(&config).err().unwrap().contains("must not carry credentials"));
+        assert!(
+            Connection::new(&config)
+                .err()
+                .unwrap()
+                .contains("must not carry credentials")
+        );
     }
 }

@@ -37,9 +37,13 @@ impl HostState {
         let session = match self.adapters.entry(adapter.clone()) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(slot) => {
-                let plugin = env.plugin(&adapter).map_err(|e| WitError::NotFound(e.to_string()))?;
+                let plugin = env
+                    .plugin(&adapter)
+                    .map_err(|e| WitError::NotFound(e.to_string()))?;
                 let (store, bindings) = open(&env, plugin, deadline).await.map_err(|e| {
-                    WitError::Unavailable(format!("cannot start adapter for connection `{conn}`: {e}"))
+                    WitError::Unavailable(format!(
+                        "cannot start adapter for connection `{conn}`: {e}"
+                    ))
                 })?;
                 slot.insert(AdapterSession { store, bindings })
             }
@@ -49,9 +53,15 @@ impl HostState {
 
     /// Account for one adapter call. A sandbox failure in the adapter ends its session and
     /// comes back to the action as an `internal` error naming the adapter and the limit it hit.
-    fn finish<T>(&mut self, adapter: &str, outcome: wasmtime::Result<Result<T, WitError>>) -> Result<T, WitError> {
+    fn finish<T>(
+        &mut self,
+        adapter: &str,
+        outcome: wasmtime::Result<Result<T, WitError>>,
+    ) -> Result<T, WitError> {
         let Some(session) = self.adapters.get_mut(adapter) else {
-            return Err(WitError::Internal(format!("adapter `{adapter}` session vanished")));
+            return Err(WitError::Internal(format!(
+                "adapter `{adapter}` session vanished"
+            )));
         };
         // The adapter's log lines belong to this call's record too.
         let lines = std::mem::take(&mut session.store.data_mut().logs);
@@ -65,7 +75,10 @@ impl HostState {
             Err(trap) => {
                 let error = match self.adapters.remove(adapter) {
                     Some(s) => call::classify(&plugin, trap, s.store.data()),
-                    None => CallError::Trap { plugin: adapter.to_string(), detail: trap.to_string() },
+                    None => CallError::Trap {
+                        plugin: adapter.to_string(),
+                        detail: trap.to_string(),
+                    },
                 };
                 plugin.record_failure(&error, self.env.quarantine_after);
                 Err(WitError::Internal(error.to_string()))
@@ -107,11 +120,19 @@ async fn open(
 }
 
 impl Host for HostState {
-    async fn stats(&mut self, conn: String, queue: String) -> wasmtime::Result<Result<QueueStats, WitError>> {
+    async fn stats(
+        &mut self,
+        conn: String,
+        queue: String,
+    ) -> wasmtime::Result<Result<QueueStats, WitError>> {
         route!(self, &conn, |b, s| b.call_stats(s, &conn, &queue))
     }
 
-    async fn list(&mut self, conn: String, pattern: String) -> wasmtime::Result<Result<Vec<String>, WitError>> {
+    async fn list(
+        &mut self,
+        conn: String,
+        pattern: String,
+    ) -> wasmtime::Result<Result<Vec<String>, WitError>> {
         route!(self, &conn, |b, s| b.call_list(s, &conn, &pattern))
     }
 
@@ -122,10 +143,15 @@ impl Host for HostState {
         max: u32,
         wait_ms: u32,
     ) -> wasmtime::Result<Result<Vec<Message>, WitError>> {
-        route!(self, &conn, |b, s| b.call_receive(s, &conn, &queue, max, wait_ms))
+        route!(self, &conn, |b, s| b
+            .call_receive(s, &conn, &queue, max, wait_ms))
     }
 
-    async fn publish(&mut self, conn: String, msgs: Vec<Outgoing>) -> wasmtime::Result<Result<(), WitError>> {
+    async fn publish(
+        &mut self,
+        conn: String,
+        msgs: Vec<Outgoing>,
+    ) -> wasmtime::Result<Result<(), WitError>> {
         route!(self, &conn, |b, s| b.call_publish(s, &conn, &msgs))
     }
 
@@ -145,6 +171,7 @@ impl Host for HostState {
         name: String,
         value: u64,
     ) -> wasmtime::Result<Result<(), WitError>> {
-        route!(self, &conn, |b, s| b.call_set_limit(s, &conn, &queue, &name, value))
+        route!(self, &conn, |b, s| b
+            .call_set_limit(s, &conn, &queue, &name, value))
     }
 }

@@ -7,7 +7,9 @@ use super::bindings::action::qmedic::plugin::clock::Host;
 
 impl Host for HostState {
     async fn now_ms(&mut self) -> wasmtime::Result<u64> {
-        let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let since_epoch = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         Ok(u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX))
     }
 

@@ -4,7 +4,11 @@ use super::bindings::adapter::qmedic::plugin::http::{Host, Request, Response};
 use super::{Access, HostState, WitError};
 
 impl Host for HostState {
-    async fn send(&mut self, conn: String, req: Request) -> wasmtime::Result<Result<Response, WitError>> {
+    async fn send(
+        &mut self,
+        conn: String,
+        req: Request,
+    ) -> wasmtime::Result<Result<Response, WitError>> {
         if let Err(e) = self.check(Access::Http(&conn)) {
             return Ok(Err(e));
         }

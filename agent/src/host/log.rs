@@ -38,7 +38,11 @@ impl HostState {
             message.truncate(cut);
             message.push('…');
         }
-        self.logs.push(LogLine { plugin: plugin.clone(), level, message });
+        self.logs.push(LogLine {
+            plugin: plugin.clone(),
+            level,
+            message,
+        });
     }
 }
 

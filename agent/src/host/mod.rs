@@ -60,7 +60,10 @@ impl HostState {
         let stderr = MemoryOutputPipe::new(STDIO_CAPACITY);
         // No preopens, no environment, no arguments, no network: everything real goes through
         // the qmedic host interfaces.
-        let wasi = WasiCtx::builder().stdout(stdout.clone()).stderr(stderr.clone()).build();
+        let wasi = WasiCtx::builder()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .build();
         let limiter = Limiter::new(plugin.limits);
         HostState {
             plugin,
@@ -115,7 +118,9 @@ impl HostState {
             }
             Access::Scaler(scaler) => {
                 if !self.env.scalers.contains_key(scaler) {
-                    return Err(WitError::NotFound(format!("no scaler named `{scaler}` is configured")));
+                    return Err(WitError::NotFound(format!(
+                        "no scaler named `{scaler}` is configured"
+                    )));
                 }
                 if !plugin.grant.allows_scaler(scaler) {
                     return Err(WitError::Denied(format!(
@@ -138,7 +143,10 @@ impl HostState {
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -147,7 +155,9 @@ impl bindings::action::qmedic::plugin::types::Host for HostState {}
 /// Add the WASI interfaces a Rust guest imports even when it does no I/O: streams, clocks,
 /// random, stdio and environment. Filesystem and sockets are never linked, so a plugin that
 /// imports them fails to load with a message naming the import.
-pub(crate) fn add_wasi(linker: &mut wasmtime::component::Linker<HostState>) -> wasmtime::Result<()> {
+pub(crate) fn add_wasi(
+    linker: &mut wasmtime::component::Linker<HostState>,
+) -> wasmtime::Result<()> {
     use wasmtime_wasi::cli::{WasiCli, WasiCliView};
     use wasmtime_wasi::p2::bindings::{cli, random};
     use wasmtime_wasi::random::WasiRandom;
@@ -169,8 +179,10 @@ pub(crate) fn add_wasi(linker: &mut wasmtime::component::Linker<HostState>) -> w
 /// Build the linkers for both worlds.
 pub(crate) fn linkers(
     engine: &wasmtime::Engine,
-) -> wasmtime::Result<(wasmtime::component::Linker<HostState>, wasmtime::component::Linker<HostState>)>
-{
+) -> wasmtime::Result<(
+    wasmtime::component::Linker<HostState>,
+    wasmtime::component::Linker<HostState>,
+)> {
     use wasmtime::component::{HasSelf, Linker};
 
     let mut action = Linker::new(engine);
@@ -178,6 +190,9 @@ pub(crate) fn linkers(
     bindings::action::Action::add_to_linker::<HostState, HasSelf<HostState>>(&mut action, |s| s)?;
     let mut adapter = Linker::new(engine);
     add_wasi(&mut adapter)?;
-    bindings::adapter::Adapter::add_to_linker::<HostState, HasSelf<HostState>>(&mut adapter, |s| s)?;
+    bindings::adapter::Adapter::add_to_linker::<HostState, HasSelf<HostState>>(
+        &mut adapter,
+        |s| s,
+    )?;
     Ok((action, adapter))
 }

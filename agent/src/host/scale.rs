@@ -4,12 +4,18 @@ use super::bindings::action::qmedic::plugin::scale::Host;
 use super::{Access, HostState, WitError};
 
 impl Host for HostState {
-    async fn replicas(&mut self, scaler: String, target: String) -> wasmtime::Result<Result<u32, WitError>> {
+    async fn replicas(
+        &mut self,
+        scaler: String,
+        target: String,
+    ) -> wasmtime::Result<Result<u32, WitError>> {
         if let Err(e) = self.check(Access::Scaler(&scaler)) {
             return Ok(Err(e));
         }
         let remaining = self.remaining();
-        Ok(self.env.scalers[&scaler].replicas(&scaler, &target, remaining).await)
+        Ok(self.env.scalers[&scaler]
+            .replicas(&scaler, &target, remaining)
+            .await)
     }
 
     async fn set_replicas(
@@ -22,9 +28,14 @@ impl Host for HostState {
             return Ok(Err(e));
         }
         let remaining = self.remaining();
-        let result = self.env.scalers[&scaler].set_replicas(&scaler, &target, replicas, remaining).await;
+        let result = self.env.scalers[&scaler]
+            .set_replicas(&scaler, &target, replicas, remaining)
+            .await;
         if result.is_ok() {
-            self.push_log("info", format!("scaler `{scaler}` set `{target}` to {replicas} replicas"));
+            self.push_log(
+                "info",
+                format!("scaler `{scaler}` set `{target}` to {replicas} replicas"),
+            );
         }
         Ok(result)
     }

@@ -20,10 +20,16 @@ const GRACE: Duration = Duration::from_millis(250);
 /// limit it hit and how to raise it.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CallError {
-    #[error("no plugin named `{name}` is loaded{suggestion}; `qmedic plugin list` shows the loaded ones")]
+    #[error(
+        "no plugin named `{name}` is loaded{suggestion}; `qmedic plugin list` shows the loaded ones"
+    )]
     NotFound { name: String, suggestion: String },
     #[error("plugin `{plugin}` is an {is}, not an {wanted}")]
-    WrongKind { plugin: String, is: PluginKind, wanted: PluginKind },
+    WrongKind {
+        plugin: String,
+        is: PluginKind,
+        wanted: PluginKind,
+    },
     #[error(
         "plugin `{plugin}` is quarantined after repeated failures (last: {last}); fix it and \
          reload it, or restart the agent"
@@ -38,20 +44,31 @@ pub enum CallError {
         "plugin `{plugin}` tried to grow its memory to {desired} bytes, past its memory cap of \
          {limit} bytes, and was stopped; if it needs more, raise plugins.{plugin}.limits.memory"
     )]
-    Memory { plugin: String, desired: u64, limit: u64 },
+    Memory {
+        plugin: String,
+        desired: u64,
+        limit: u64,
+    },
     #[error("plugin `{plugin}` overflowed its stack (unbounded recursion?) and was stopped")]
     StackOverflow { plugin: String },
     #[error(
         "plugin `{plugin}` returned {size} bytes, past its output cap of {limit} bytes; the \
          result was discarded (raise plugins.{plugin}.limits.output if it is legitimate)"
     )]
-    Output { plugin: String, size: u64, limit: u64 },
+    Output {
+        plugin: String,
+        size: u64,
+        limit: u64,
+    },
     #[error("plugin `{plugin}` panicked: {message}")]
     Panic { plugin: String, message: String },
     #[error("plugin `{plugin}` trapped: {detail}")]
     Trap { plugin: String, detail: String },
     #[error("plugin `{plugin}` failed: {error}")]
-    Plugin { plugin: String, error: PluginFailure },
+    Plugin {
+        plugin: String,
+        error: PluginFailure,
+    },
 }
 
 /// An error a plugin returned on purpose, as the WIT `error` variant.
@@ -99,7 +116,10 @@ impl CallError {
 
     /// Whether the caller's input or request was at fault (exit code 2 in the CLI).
     pub fn is_usage(&self) -> bool {
-        matches!(self, CallError::NotFound { .. } | CallError::WrongKind { .. })
+        matches!(
+            self,
+            CallError::NotFound { .. } | CallError::WrongKind { .. }
+        )
     }
 }
 
@@ -112,7 +132,11 @@ pub struct Call {
 }
 
 /// A store for one instance of `plugin`, with its limits and deadline armed.
-pub(crate) fn new_store(env: &Arc<Env>, plugin: Arc<Plugin>, deadline: Instant) -> Store<HostState> {
+pub(crate) fn new_store(
+    env: &Arc<Env>,
+    plugin: Arc<Plugin>,
+    deadline: Instant,
+) -> Store<HostState> {
     let mut store = Store::new(&env.engine, HostState::new(plugin, env.clone(), deadline));
     store.limiter(|s| &mut s.limiter);
     store.set_epoch_deadline(1);
@@ -137,20 +161,44 @@ pub(crate) fn classify(plugin: &Plugin, err: wasmtime::Error, state: &HostState)
         .or_else(|| err.downcast_ref::<LimitHit>().copied());
     match limit {
         Some(LimitHit::Memory { desired }) => {
-            return CallError::Memory { plugin: name, desired, limit: plugin.limits.memory };
+            return CallError::Memory {
+                plugin: name,
+                desired,
+                limit: plugin.limits.memory,
+            };
         }
-        Some(LimitHit::Deadline) => return CallError::Timeout { plugin: name, limit: plugin.limits.timeout },
+        Some(LimitHit::Deadline) => {
+            return CallError::Timeout {
+                plugin: name,
+                limit: plugin.limits.timeout,
+            };
+        }
         Some(LimitHit::Table { desired }) => {
-            return CallError::Trap { plugin: name, detail: format!("table grew to {desired} elements, past its cap") };
+            return CallError::Trap {
+                plugin: name,
+                detail: format!("table grew to {desired} elements, past its cap"),
+            };
         }
         None => {}
     }
     match err.downcast_ref::<Trap>() {
         Some(Trap::StackOverflow) => CallError::StackOverflow { plugin: name },
-        Some(Trap::Interrupt) => CallError::Timeout { plugin: name, limit: plugin.limits.timeout },
-        Some(Trap::UnreachableCodeReached) => CallError::Panic { plugin: name, message: panic_message(state) },
-        Some(trap) => CallError::Trap { plugin: name, detail: trap.to_string() },
-        None => CallError::Trap { plugin: name, detail: format!("{err:#}") },
+        Some(Trap::Interrupt) => CallError::Timeout {
+            plugin: name,
+            limit: plugin.limits.timeout,
+        },
+        Some(Trap::UnreachableCodeReached) => CallError::Panic {
+            plugin: name,
+            message: panic_message(state),
+        },
+        Some(trap) => CallError::Trap {
+            plugin: name,
+            detail: trap.to_string(),
+        },
+        None => CallError::Trap {
+            plugin: name,
+            detail: format!("{err:#}"),
+        },
     }
 }
 
@@ -158,9 +206,18 @@ pub(crate) fn classify(plugin: &Plugin, err: wasmtime::Error, state: &HostState)
 fn panic_message(state: &HostState) -> String {
     let stderr = state.stderr.contents();
     let text = String::from_utf8_lossy(&stderr);
-    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
     match lines.iter().position(|l| l.contains("panicked at")) {
-        Some(i) => lines[i..].iter().take(3).copied().collect::<Vec<_>>().join(" "),
+        Some(i) => lines[i..]
+            .iter()
+            .take(3)
+            .copied()
+            .collect::<Vec<_>>()
+            .join(" "),
         None if !lines.is_empty() => lines[lines.len().saturating_sub(3)..].join(" "),
         None => "it reached an unreachable instruction (a Rust panic or abort)".into(),
     }
@@ -179,16 +236,22 @@ pub(crate) async fn run_action(env: &Arc<Env>, plugin: Arc<Plugin>, params: &str
                 instance.call_run(&mut store, params).await
             };
             match tokio::time::timeout(limits.timeout + GRACE, call).await {
-                Err(_elapsed) => Err(CallError::Timeout { plugin: plugin.manifest.name.clone(), limit: limits.timeout }),
-                Ok(Err(trap)) => Err(classify(&plugin, trap, store.data())),
-                Ok(Ok(Err(returned))) => {
-                    Err(CallError::Plugin { plugin: plugin.manifest.name.clone(), error: returned.into() })
-                }
-                Ok(Ok(Ok(report))) if report.len() as u64 > limits.output => Err(CallError::Output {
+                Err(_elapsed) => Err(CallError::Timeout {
                     plugin: plugin.manifest.name.clone(),
-                    size: report.len() as u64,
-                    limit: limits.output,
+                    limit: limits.timeout,
                 }),
+                Ok(Err(trap)) => Err(classify(&plugin, trap, store.data())),
+                Ok(Ok(Err(returned))) => Err(CallError::Plugin {
+                    plugin: plugin.manifest.name.clone(),
+                    error: returned.into(),
+                }),
+                Ok(Ok(Ok(report))) if report.len() as u64 > limits.output => {
+                    Err(CallError::Output {
+                        plugin: plugin.manifest.name.clone(),
+                        size: report.len() as u64,
+                        limit: limits.output,
+                    })
+                }
                 Ok(Ok(Ok(report))) => Ok(report),
             }
         }
@@ -199,8 +262,15 @@ pub(crate) async fn run_action(env: &Arc<Env>, plugin: Arc<Plugin>, params: &str
     }
     let state = store.data_mut();
     let stdout = state.stdout.contents();
-    for line in String::from_utf8_lossy(&stdout).lines().filter(|l| !l.trim().is_empty()) {
+    for line in String::from_utf8_lossy(&stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+    {
         state.push_log("info", line.to_string());
     }
-    Call { outcome, logs: std::mem::take(&mut state.logs), duration: started.elapsed() }
+    Call {
+        outcome,
+        logs: std::mem::take(&mut state.logs),
+        duration: started.elapsed(),
+    }
 }

@@ -63,7 +63,9 @@ impl EpochTicker {
                 }
             })
             .map(|_| ())
-            .unwrap_or_else(|e| tracing::error!("cannot start the epoch ticker, deadlines will not fire: {e}"));
+            .unwrap_or_else(|e| {
+                tracing::error!("cannot start the epoch ticker, deadlines will not fire: {e}")
+            });
         EpochTicker { stop }
     }
 }

@@ -34,18 +34,32 @@ impl Limiter {
 }
 
 impl wasmtime::ResourceLimiter for Limiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired as u64 > self.limits.memory {
-            let hit = LimitHit::Memory { desired: desired as u64 };
+            let hit = LimitHit::Memory {
+                desired: desired as u64,
+            };
             self.hit = Some(hit);
             return Err(wasmtime::Error::new(hit));
         }
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > MAX_TABLE_ELEMENTS {
-            let hit = LimitHit::Table { desired: desired as u64 };
+            let hit = LimitHit::Table {
+                desired: desired as u64,
+            };
             self.hit = Some(hit);
             return Err(wasmtime::Error::new(hit));
         }

@@ -35,14 +35,23 @@ pub enum LoadError {
     #[error("cannot start the WebAssembly engine: {0}")]
     Engine(String),
     #[error("cannot read plugin {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Manifest(#[from] Located),
     #[error(
         "plugin `{plugin}` ({path}) has sha256 {actual}, but {config} pins {pinned}; refusing to \
          load it. If the new file is trusted, update plugins.{plugin}.sha256"
     )]
-    PinMismatch { plugin: String, path: PathBuf, actual: String, pinned: String, config: PathBuf },
+    PinMismatch {
+        plugin: String,
+        path: PathBuf,
+        actual: String,
+        pinned: String,
+        config: PathBuf,
+    },
     #[error("plugin `{plugin}` cannot be compiled: {detail}")]
     Compile { plugin: String, detail: String },
     #[error(
@@ -50,8 +59,14 @@ pub enum LoadError {
          API and WASI streams, clocks, random and stdio; filesystem and sockets are not available"
     )]
     Link { plugin: String, detail: String },
-    #[error("plugin `{plugin}` says it is an {kind} in its plugin.toml, but its component does not match: {detail}")]
-    Exports { plugin: String, kind: PluginKind, detail: String },
+    #[error(
+        "plugin `{plugin}` says it is an {kind} in its plugin.toml, but its component does not match: {detail}"
+    )]
+    Exports {
+        plugin: String,
+        kind: PluginKind,
+        detail: String,
+    },
     #[error("{location}: {message}")]
     Config { location: Location, message: String },
     #[error("connection `{conn}`: {message}")]
@@ -99,10 +114,13 @@ impl Env {
             name: name.to_string(),
             suggestion: " (plugin registry is unusable after a panic)".into(),
         })?;
-        plugins.get(name).cloned().ok_or_else(|| CallError::NotFound {
-            name: name.to_string(),
-            suggestion: crate::config::suggest(name, plugins.keys()),
-        })
+        plugins
+            .get(name)
+            .cloned()
+            .ok_or_else(|| CallError::NotFound {
+                name: name.to_string(),
+                suggestion: crate::config::suggest(name, plugins.keys()),
+            })
     }
 }
 
@@ -132,7 +150,8 @@ impl Runtime {
             .values()
             .filter_map(|p| p.limits.memory)
             .fold(defaults.memory, u64::max);
-        let engine = engine::build(&config.runtime, max_memory).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        let engine = engine::build(&config.runtime, max_memory)
+            .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
         let (action_linker, adapter_linker) =
             crate::host::linkers(&engine).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
         let connections = config
@@ -140,7 +159,11 @@ impl Runtime {
             .iter()
             .map(|(name, c)| Ok((name.clone(), connection(name, c)?)))
             .collect::<Result<_, LoadError>>()?;
-        let scalers = config.scalers.iter().map(|(n, s)| (n.clone(), Scaler::new(s))).collect();
+        let scalers = config
+            .scalers
+            .iter()
+            .map(|(n, s)| (n.clone(), Scaler::new(s)))
+            .collect();
         let env = Arc::new(Env {
             engine: engine.clone(),
             connections,
@@ -157,7 +180,11 @@ impl Runtime {
             config: config.clone(),
             defaults,
         });
-        let runtime = Runtime { env, loader, _ticker: Arc::new(engine::EpochTicker::start(&engine)) };
+        let runtime = Runtime {
+            env,
+            loader,
+            _ticker: Arc::new(engine::EpochTicker::start(&engine)),
+        };
 
         for (name, manifest, wasm) in crate::builtin::PLUGINS {
             let path = PathBuf::from(format!("plugins/{name}/plugin.toml"));
@@ -170,7 +197,10 @@ impl Runtime {
                     runtime.load_file(path)?;
                 }
                 None if runtime.env.plugin(name).is_err() => {
-                    let known: Vec<String> = crate::builtin::PLUGINS.iter().map(|p| p.0.to_string()).collect();
+                    let known: Vec<String> = crate::builtin::PLUGINS
+                        .iter()
+                        .map(|p| p.0.to_string())
+                        .collect();
                     return Err(LoadError::Config {
                         location: config.locate(name),
                         message: format!(
@@ -190,13 +220,23 @@ impl Runtime {
     /// register it. If the config has an entry for it, its pin and grants apply; otherwise it
     /// gets no grants.
     pub fn load_file(&self, wasm_path: &Path) -> Result<Arc<Plugin>, LoadError> {
-        let wasm = std::fs::read(wasm_path)
-            .map_err(|source| LoadError::Read { path: wasm_path.to_path_buf(), source })?;
+        let wasm = std::fs::read(wasm_path).map_err(|source| LoadError::Read {
+            path: wasm_path.to_path_buf(),
+            source,
+        })?;
         let manifest_path = wasm_path.with_file_name("plugin.toml");
-        let text = std::fs::read_to_string(&manifest_path)
-            .map_err(|source| LoadError::Read { path: manifest_path.clone(), source })?;
+        let text = std::fs::read_to_string(&manifest_path).map_err(|source| LoadError::Read {
+            path: manifest_path.clone(),
+            source,
+        })?;
         let manifest = Manifest::parse(&text, &manifest_path)?;
-        if let Some(pinned) = self.loader.config.plugins.get(&manifest.name).and_then(|p| p.sha256.as_ref()) {
+        if let Some(pinned) = self
+            .loader
+            .config
+            .plugins
+            .get(&manifest.name)
+            .and_then(|p| p.sha256.as_ref())
+        {
             let actual = sha256_hex(&wasm);
             if !actual.eq_ignore_ascii_case(pinned) {
                 return Err(LoadError::PinMismatch {
@@ -211,32 +251,50 @@ impl Runtime {
         self.install(manifest, &wasm, Origin::File(wasm_path.to_path_buf()))
     }
 
-    fn install(&self, manifest: Manifest, wasm: &[u8], origin: Origin) -> Result<Arc<Plugin>, LoadError> {
+    fn install(
+        &self,
+        manifest: Manifest,
+        wasm: &[u8],
+        origin: Origin,
+    ) -> Result<Arc<Plugin>, LoadError> {
         let name = manifest.name.clone();
         let sha256 = sha256_hex(wasm);
         let entry = self.loader.config.plugins.get(&name);
         // Unset grants default to everything for first-party plugins, nothing for others.
-        let default = || if origin == Origin::BuiltIn { vec!["*".to_string()] } else { Vec::new() };
+        let default = || {
+            if origin == Origin::BuiltIn {
+                vec!["*".to_string()]
+            } else {
+                Vec::new()
+            }
+        };
         let names = |g: Option<&Vec<serde_saphyr::Spanned<String>>>| {
-            g.map(|g| g.iter().map(|s| s.value.clone()).collect()).unwrap_or_else(default)
+            g.map(|g| g.iter().map(|s| s.value.clone()).collect())
+                .unwrap_or_else(default)
         };
         let grant = Grant {
             connections: names(entry.and_then(|e| e.connections.as_ref())),
             scalers: names(entry.and_then(|e| e.scalers.as_ref())),
         };
-        let limits = entry.map_or(self.loader.defaults, |e| self.loader.defaults.with(&e.limits));
+        let limits = entry.map_or(self.loader.defaults, |e| {
+            self.loader.defaults.with(&e.limits)
+        });
         let component = self
             .loader
             .cache
             .load(&self.env.engine, wasm, &sha256)
-            .map_err(|e| LoadError::Compile { plugin: name.clone(), detail: format!("{e:#}") })?;
+            .map_err(|e| LoadError::Compile {
+                plugin: name.clone(),
+                detail: format!("{e:#}"),
+            })?;
         let prepared = self.prepare(&manifest, &component)?;
-        let plugin = Arc::new(Plugin::new(manifest, sha256, origin, grant, limits, prepared));
-        let mut plugins = self
-            .env
-            .plugins
-            .write()
-            .map_err(|_| LoadError::Engine("plugin registry is unusable after a panic".into()))?;
+        let plugin = Arc::new(Plugin::new(
+            manifest, sha256, origin, grant, limits, prepared,
+        ));
+        let mut plugins =
+            self.env.plugins.write().map_err(|_| {
+                LoadError::Engine("plugin registry is unusable after a panic".into())
+            })?;
         plugins.insert(name, plugin.clone());
         Ok(plugin)
     }
@@ -249,8 +307,15 @@ impl Runtime {
         };
         let pre = linker
             .instantiate_pre(component)
-            .map_err(|e| LoadError::Link { plugin: name.clone(), detail: format!("{e:#}") })?;
-        let exports = |e: wasmtime::Error| LoadError::Exports { plugin: name.clone(), kind: manifest.kind, detail: format!("{e:#}") };
+            .map_err(|e| LoadError::Link {
+                plugin: name.clone(),
+                detail: format!("{e:#}"),
+            })?;
+        let exports = |e: wasmtime::Error| LoadError::Exports {
+            plugin: name.clone(),
+            kind: manifest.kind,
+            detail: format!("{e:#}"),
+        };
         Ok(match manifest.kind {
             PluginKind::Action => Prepared::Action(ActionPre::new(pre).map_err(exports)?),
             PluginKind::Adapter => Prepared::Adapter(AdapterPre::new(pre).map_err(exports)?),
@@ -259,7 +324,11 @@ impl Runtime {
 
     /// Every loaded plugin, by name.
     pub fn plugins(&self) -> Vec<Arc<Plugin>> {
-        self.env.plugins.read().map(|p| p.values().cloned().collect()).unwrap_or_default()
+        self.env
+            .plugins
+            .read()
+            .map(|p| p.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// One loaded plugin.
@@ -271,20 +340,29 @@ impl Runtime {
     pub async fn call_action(&self, name: &str, params: &str) -> Call {
         match self.env.plugin(name) {
             Ok(plugin) => call::run_action(&self.env, plugin, params).await,
-            Err(e) => Call { outcome: Err(e), logs: Vec::new(), duration: std::time::Duration::ZERO },
+            Err(e) => Call {
+                outcome: Err(e),
+                logs: Vec::new(),
+                duration: std::time::Duration::ZERO,
+            },
         }
     }
 
     /// Load a plugin again from where it came from, ending its quarantine.
     pub fn reload(&self, name: &str) -> Result<Arc<Plugin>, LoadError> {
-        let plugin = self.env.plugin(name).map_err(|e| LoadError::Engine(e.to_string()))?;
+        let plugin = self
+            .env
+            .plugin(name)
+            .map_err(|e| LoadError::Engine(e.to_string()))?;
         match &plugin.origin {
             Origin::File(path) => self.load_file(path),
             Origin::BuiltIn => {
                 let (_, manifest, wasm) = crate::builtin::PLUGINS
                     .iter()
                     .find(|p| p.0 == name)
-                    .ok_or_else(|| LoadError::Engine(format!("built-in plugin `{name}` is missing")))?;
+                    .ok_or_else(|| {
+                        LoadError::Engine(format!("built-in plugin `{name}` is missing"))
+                    })?;
                 let manifest = Manifest::parse(manifest, Path::new("plugin.toml"))?;
                 self.install(manifest, wasm, Origin::BuiltIn)
             }
@@ -293,7 +371,10 @@ impl Runtime {
 }
 
 fn connection(name: &str, config: &ConnectionConfig) -> Result<Connection, LoadError> {
-    Connection::new(config).map_err(|message| LoadError::Connection { conn: name.to_string(), message })
+    Connection::new(config).map_err(|message| LoadError::Connection {
+        conn: name.to_string(),
+        message,
+    })
 }
 
 /// Hex sha256 of `bytes`.

@@ -94,7 +94,15 @@ impl Plugin {
         limits: Limits,
         prepared: Prepared,
     ) -> Self {
-        Plugin { manifest, sha256, origin, grant, limits, prepared, health: Mutex::default() }
+        Plugin {
+            manifest,
+            sha256,
+            origin,
+            grant,
+            limits,
+            prepared,
+            health: Mutex::default(),
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -128,7 +136,10 @@ impl Plugin {
     /// Refuse to run a quarantined plugin.
     pub(crate) fn ensure_runnable(&self) -> Result<(), CallError> {
         match self.quarantined() {
-            Some(last) => Err(CallError::Quarantined { plugin: self.manifest.name.clone(), last }),
+            Some(last) => Err(CallError::Quarantined {
+                plugin: self.manifest.name.clone(),
+                last,
+            }),
             None => Ok(()),
         }
     }
@@ -148,7 +159,11 @@ impl Plugin {
     }
 
     fn wrong_kind(&self, wanted: PluginKind) -> CallError {
-        CallError::WrongKind { plugin: self.manifest.name.clone(), is: self.manifest.kind, wanted }
+        CallError::WrongKind {
+            plugin: self.manifest.name.clone(),
+            is: self.manifest.kind,
+            wanted,
+        }
     }
 
     pub(crate) fn record_success(&self) {

@@ -60,12 +60,18 @@ impl Action for AdjustPrefetch {
 
     fn run(p: Params) -> Result<Report, Error> {
         if p.min > p.max {
-            return Err(Error::invalid(format!("min ({}) is greater than max ({})", p.min, p.max)));
+            return Err(Error::invalid(format!(
+                "min ({}) is greater than max ({})",
+                p.min, p.max
+            )));
         }
         let applied = p.value.clamp(p.min, p.max);
         let before = broker::stats(&p.connection, &p.queue)?;
         if p.dry_run {
-            log::info(&format!("dry run: would set {} on {} to {applied}", p.limit, p.queue));
+            log::info(&format!(
+                "dry run: would set {} on {} to {applied}",
+                p.limit, p.queue
+            ));
         } else {
             broker::set_limit(&p.connection, &p.queue, &p.limit, applied)?;
             log::info(&format!("set {} on {} to {applied}", p.limit, p.queue));

@@ -8,16 +8,50 @@ use serde_json::{Value, json};
 #[derive(Deserialize)]
 #[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
 enum Op {
-    Stats { connection: String, queue: String },
-    List { connection: String, pattern: String },
-    Publish { connection: String, queue: String, bodies: Vec<String>, #[serde(default)] headers: Vec<(String, String)> },
+    Stats {
+        connection: String,
+        queue: String,
+    },
+    List {
+        connection: String,
+        pattern: String,
+    },
+    Publish {
+        connection: String,
+        queue: String,
+        bodies: Vec<String>,
+        #[serde(default)]
+        headers: Vec<(String, String)>,
+    },
     /// Receive up to `max` and settle them all in the same call.
-    ReceiveSettle { connection: String, queue: String, max: u32, how: String },
-    SetLimit { connection: String, queue: String, name: String, value: u64 },
-    StateSet { key: String, value: String },
-    StateGet { key: String },
-    Replicas { scaler: String, target: String },
-    SetReplicas { scaler: String, target: String, replicas: u32 },
+    ReceiveSettle {
+        connection: String,
+        queue: String,
+        max: u32,
+        how: String,
+    },
+    SetLimit {
+        connection: String,
+        queue: String,
+        name: String,
+        value: u64,
+    },
+    StateSet {
+        key: String,
+        value: String,
+    },
+    StateGet {
+        key: String,
+    },
+    Replicas {
+        scaler: String,
+        target: String,
+    },
+    SetReplicas {
+        scaler: String,
+        target: String,
+        replicas: u32,
+    },
 }
 
 #[derive(Deserialize)]
@@ -37,17 +71,35 @@ fn run_op(op: Op) -> Result<Value, Error> {
             let s = broker::stats(&connection, &queue)?;
             json!({ "depth": s.depth, "in_flight": s.in_flight, "consumers": s.consumers, "extra": s.extra })
         }
-        Op::List { connection, pattern } => json!(broker::list(&connection, &pattern)?),
-        Op::Publish { connection, queue, bodies, headers } => {
+        Op::List {
+            connection,
+            pattern,
+        } => json!(broker::list(&connection, &pattern)?),
+        Op::Publish {
+            connection,
+            queue,
+            bodies,
+            headers,
+        } => {
             let msgs: Vec<Outgoing> = bodies
                 .into_iter()
-                .map(|b| Outgoing { destination: queue.clone(), key: None, body: b.into_bytes(), headers: headers.clone() })
+                .map(|b| Outgoing {
+                    destination: queue.clone(),
+                    key: None,
+                    body: b.into_bytes(),
+                    headers: headers.clone(),
+                })
                 .collect();
             let n = msgs.len();
             broker::publish(&connection, &msgs)?;
             json!(n)
         }
-        Op::ReceiveSettle { connection, queue, max, how } => {
+        Op::ReceiveSettle {
+            connection,
+            queue,
+            max,
+            how,
+        } => {
             let msgs = broker::receive(&connection, &queue, max, 0)?;
             let how = match how.as_str() {
                 "ack" => Settlement::Ack,
@@ -57,10 +109,18 @@ fn run_op(op: Op) -> Result<Value, Error> {
             };
             let handles: Vec<u64> = msgs.iter().map(|m| m.handle).collect();
             broker::settle(&connection, &handles, how)?;
-            let bodies: Vec<String> = msgs.iter().map(|m| String::from_utf8_lossy(&m.body).into_owned()).collect();
+            let bodies: Vec<String> = msgs
+                .iter()
+                .map(|m| String::from_utf8_lossy(&m.body).into_owned())
+                .collect();
             json!(bodies)
         }
-        Op::SetLimit { connection, queue, name, value } => {
+        Op::SetLimit {
+            connection,
+            queue,
+            name,
+            value,
+        } => {
             broker::set_limit(&connection, &queue, &name, value)?;
             json!(value)
         }
@@ -68,9 +128,15 @@ fn run_op(op: Op) -> Result<Value, Error> {
             state::set(&key, value.as_bytes())?;
             Value::Null
         }
-        Op::StateGet { key } => json!(state::get(&key)?.map(|v| String::from_utf8_lossy(&v).into_owned())),
+        Op::StateGet { key } => {
+            json!(state::get(&key)?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+        }
         Op::Replicas { scaler, target } => json!(scale::replicas(&scaler, &target)?),
-        Op::SetReplicas { scaler, target, replicas } => {
+        Op::SetReplicas {
+            scaler,
+            target,
+            replicas,
+        } => {
             scale::set_replicas(&scaler, &target, replicas)?;
             json!(replicas)
         }

@@ -3,15 +3,30 @@
 //! `[status, body]`.
 
 use qmedic_plugin_sdk::http::{Request, send};
-use qmedic_plugin_sdk::{Adapter, Error, Message, Outgoing, QueueStats, Settlement, export_adapter};
+use qmedic_plugin_sdk::{
+    Adapter, Error, Message, Outgoing, QueueStats, Settlement, export_adapter,
+};
 
 fn get(conn: &str, path: &str) -> Result<(u16, String), Error> {
-    let response = send(conn, &Request { method: "GET".into(), path: path.into(), headers: vec![("authorization".into(), "Basic forged".into())], body: vec![] })?;
-    Ok((response.status, String::from_utf8_lossy(&response.body).into_owned()))
+    let response = send(
+        conn,
+        &Request {
+            method: "GET".into(),
+            path: path.into(),
+            headers: vec![("authorization".into(), "Basic forged".into())],
+            body: vec![],
+        },
+    )?;
+    Ok((
+        response.status,
+        String::from_utf8_lossy(&response.body).into_owned(),
+    ))
 }
 
 fn unsupported<T>() -> Result<T, Error> {
-    Err(Error::invalid("the http-probe adapter only has stats and list"))
+    Err(Error::invalid(
+        "the http-probe adapter only has stats and list",
+    ))
 }
 
 struct HttpAdapter;
@@ -22,7 +37,10 @@ impl Adapter for HttpAdapter {
         if status != 200 {
             return Err(Error::Unavailable(format!("status {status}: {body}")));
         }
-        let depth = body.trim().parse().map_err(|_| Error::internal(format!("`{body}` is not a depth")))?;
+        let depth = body
+            .trim()
+            .parse()
+            .map_err(|_| Error::internal(format!("`{body}` is not a depth")))?;
         Ok(QueueStats {
             depth,
             in_flight: 0,

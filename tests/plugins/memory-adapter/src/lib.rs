@@ -4,7 +4,9 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use qmedic_plugin_sdk::{Adapter, Error, Message, Outgoing, QueueStats, Settlement, export_adapter, state};
+use qmedic_plugin_sdk::{
+    Adapter, Error, Message, Outgoing, QueueStats, Settlement, export_adapter, state,
+};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 /// The knobs this broker has.
@@ -25,7 +27,8 @@ thread_local! {
 
 fn load<T: DeserializeOwned + Default>(key: &str) -> Result<T, Error> {
     match state::get(key)? {
-        Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::internal(format!("state `{key}`: {e}"))),
+        Some(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|e| Error::internal(format!("state `{key}`: {e}"))),
         None => Ok(T::default()),
     }
 }
@@ -69,10 +72,17 @@ impl Adapter for MemoryAdapter {
     fn stats(conn: String, queue: String) -> Result<QueueStats, Error> {
         let names: Vec<String> = load(&format!("queues/{conn}"))?;
         if !names.contains(&queue) {
-            return Err(Error::NotFound(format!("queue `{queue}` does not exist on `{conn}`")));
+            return Err(Error::NotFound(format!(
+                "queue `{queue}` does not exist on `{conn}`"
+            )));
         }
         let stored: Vec<Stored> = load(&queue_key(&conn, &queue))?;
-        let in_flight = IN_FLIGHT.with(|f| f.borrow().values().filter(|(c, q, _)| *c == conn && *q == queue).count());
+        let in_flight = IN_FLIGHT.with(|f| {
+            f.borrow()
+                .values()
+                .filter(|(c, q, _)| *c == conn && *q == queue)
+                .count()
+        });
         let mut extra = Vec::new();
         for limit in LIMITS {
             if let Some(v) = load::<Option<u64>>(&format!("limit/{conn}/{queue}/{limit}"))? {
@@ -97,7 +107,12 @@ impl Adapter for MemoryAdapter {
         Ok(names.into_iter().filter(|n| glob(&pattern, n)).collect())
     }
 
-    fn receive(conn: String, queue: String, max: u32, _wait_ms: u32) -> Result<Vec<Message>, Error> {
+    fn receive(
+        conn: String,
+        queue: String,
+        max: u32,
+        _wait_ms: u32,
+    ) -> Result<Vec<Message>, Error> {
         let mut stored: Vec<Stored> = load(&queue_key(&conn, &queue))?;
         let take = stored.len().min(max as usize);
         let taken: Vec<Stored> = stored.drain(..take).collect();
@@ -127,10 +142,12 @@ impl Adapter for MemoryAdapter {
         let mut by_queue: HashMap<String, Vec<Stored>> = HashMap::new();
         for m in msgs {
             next += 1;
-            by_queue
-                .entry(m.destination)
-                .or_default()
-                .push(Stored { id: next, body: m.body, headers: m.headers, deliveries: 0 });
+            by_queue.entry(m.destination).or_default().push(Stored {
+                id: next,
+                body: m.body,
+                headers: m.headers,
+                deliveries: 0,
+            });
         }
         save(&format!("next-id/{conn}"), &next)?;
         for (queue, msgs) in by_queue {
@@ -156,7 +173,10 @@ impl Adapter for MemoryAdapter {
 
     fn set_limit(conn: String, queue: String, name: String, value: u64) -> Result<(), Error> {
         if !LIMITS.contains(&name.as_str()) {
-            return Err(Error::invalid(format!("the memory broker has no limit `{name}`; it has {}", LIMITS.join(", "))));
+            return Err(Error::invalid(format!(
+                "the memory broker has no limit `{name}`; it has {}",
+                LIMITS.join(", ")
+            )));
         }
         save(&format!("limit/{conn}/{queue}/{name}"), &Some(value))
     }
