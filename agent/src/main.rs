@@ -309,6 +309,13 @@ async fn call(runtime: &Runtime, plugin: &str, input: &str, output: Output) -> R
             }
             Ok(())
         }
+        // A plugin that finds its parameters invalid reports a usage error.
+        Err(
+            e @ CallError::Plugin {
+                error: qmedic::PluginFailure::Invalid(_),
+                ..
+            },
+        ) => Err(Failure::Usage(e.to_string())),
         Err(e @ CallError::Plugin { .. }) => Err(Failure::Failed(e.to_string())),
         Err(e) if e.is_usage() => Err(Failure::Usage(e.to_string())),
         Err(e) => Err(Failure::Failed(e.to_string())),

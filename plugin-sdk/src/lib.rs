@@ -5,7 +5,7 @@
 //! call [`export_adapter!`]). Build it with `cargo build --target wasm32-wasip2 --release`; the
 //! `.wasm` it produces is a component the agent loads beside its `plugin.toml`.
 //!
-//! ```ignore
+//! ```no_run
 //! use qmedic_plugin_sdk::{Action, Error, broker, export_action};
 //!
 //! #[derive(serde::Deserialize)]

@@ -50,19 +50,3 @@ pub fn config(yaml: &str) -> Config {
 pub fn runtime(yaml: &str) -> Runtime {
     Runtime::new(&config(yaml)).unwrap_or_else(|e| panic!("runtime does not start: {e}"))
 }
-
-/// The `qmedic` binary of this build, beside the test executable's folder.
-pub fn qmedic_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target profile folder");
-    let bin = dir.join("qmedic");
-    assert!(
-        bin.is_file(),
-        "{} is missing; `cargo build` builds it",
-        bin.display()
-    );
-    bin
-}

@@ -277,3 +277,39 @@ async fn scalers_run_their_commands_and_grants_apply() {
         other => panic!("expected denied, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn the_readme_example_plugin_works() {
+    let rt = agent("", &plugin_entry("depth-check", "connections: [mem]"));
+    probe(&rt, json!([{ "op": "publish", "connection": "mem", "queue": "orders", "bodies": ["1", "2", "3"] }]))
+        .await
+        .expect("publish");
+    let call = rt
+        .call_action(
+            "depth-check",
+            &json!({ "connection": "mem", "queue": "orders", "warn-above": 2 }).to_string(),
+        )
+        .await;
+    let report: Value = serde_json::from_str(&call.outcome.expect("depth-check")).expect("JSON");
+    assert_eq!(report, json!({ "depth": 3, "consumers": 1, "over": true }));
+    assert!(
+        call.logs
+            .iter()
+            .any(|l| l.level == "warn" && l.message == "orders holds 3 messages (threshold 2)")
+    );
+
+    match rt
+        .call_action(
+            "depth-check",
+            r#"{"connection":"mem","queue":"orders","warn_above":2}"#,
+        )
+        .await
+        .outcome
+    {
+        Err(CallError::Plugin {
+            error: PluginFailure::Invalid(msg),
+            ..
+        }) => assert!(msg.contains("warn_above"), "{msg}"),
+        other => panic!("a misspelled parameter must be refused, got {other:?}"),
+    }
+}

@@ -1,9 +1,10 @@
-//! The `qmedic` binary: plugin list, inspect and call, JSON output, and exit codes 0, 1 and 2.
+//! The `qmedic` binary: plugin list, inspect and call, serve, JSON output, and exit codes 0, 1
+//! and 2. Fixture plugins come from the `qmedic-tests` crate.
 
 use std::path::Path;
 use std::process::{Command, Output};
 
-use qmedic_tests::{fixture, fixture_sha256, plugin_entry, qmedic_bin};
+use qmedic_tests::{fixture, fixture_sha256, plugin_entry};
 use serde_json::Value;
 
 fn write_config(dir: &Path) -> std::path::PathBuf {
@@ -20,7 +21,7 @@ fn write_config(dir: &Path) -> std::path::PathBuf {
 }
 
 fn qmedic(config: &Path, args: &[&str]) -> Output {
-    Command::new(qmedic_bin())
+    Command::new(env!("CARGO_BIN_EXE_qmedic"))
         .arg("--config")
         .arg(config)
         .args(args)
@@ -208,5 +209,85 @@ fn exit_codes_say_failed_or_usage() {
         stderr(&out).contains("cannot read config"),
         "{}",
         stderr(&out)
+    );
+}
+
+#[test]
+fn invalid_parameters_are_a_usage_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path());
+    let out = qmedic(
+        &config,
+        &[
+            "plugin",
+            "call",
+            "broker-probe",
+            "--input",
+            r#"{"stepz":[]}"#,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("parameters do not match"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// GET `path` from a local HTTP server; the body, or None if it is not answering yet.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).ok()?;
+    let (head, body) = reply.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+}
+
+#[test]
+fn serve_answers_health_and_plugin_list() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("free port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(&config, format!("listen: 127.0.0.1:{port}\n{text}")).expect("config");
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qmedic"))
+        .arg("--config")
+        .arg(&config)
+        .arg("serve")
+        .spawn()
+        .expect("serve");
+    let started = std::time::Instant::now();
+    let health = loop {
+        if let Some(body) = http_get(port, "/healthz") {
+            break body;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "serve did not answer /healthz"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let plugins = http_get(port, "/api/plugins");
+    child.kill().expect("stop serve");
+    let _ = child.wait();
+    assert_eq!(health.trim(), "ok");
+    let plugins: Value = serde_json::from_str(&plugins.expect("/api/plugins")).expect("JSON");
+    assert!(
+        plugins
+            .as_array()
+            .expect("array")
+            .iter()
+            .any(|p| p["name"] == "broker-probe")
     );
 }
