@@ -161,3 +161,86 @@ fn an_unknown_plugin_entry_suggests_the_built_in_name() {
     );
     assert!(msg.contains("did you mean `adjust-prefetch`"), "{msg}");
 }
+
+#[test]
+fn connections_must_have_exactly_one_adapter() {
+    let err = load_error(&format!(
+        "connections:\n  q: {{ kind: memory, adapter: memory-adaptor }}\nplugins:\n{}",
+        plugin_entry("memory-adapter", "")
+    ));
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with("test.yaml:4:3: connection `q` names adapter `memory-adaptor`"),
+        "{msg}"
+    );
+    assert!(msg.contains("did you mean `memory-adapter`"), "{msg}");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manifest = "name = \"second-memory\"\nversion = \"0.1.0\"\nkind = \"adapter\"\nbroker = \"memory\"\nwit = \"0.1.0\"\ncapabilities = [\"state\"]\n";
+    let twin = copy_fixture(dir.path(), "memory-adapter", Some(manifest));
+    let twin_entry = format!(
+        "  second-memory:\n    path: {}\n    sha256: {}\n",
+        twin.display(),
+        fixture_sha256("memory-adapter")
+    );
+    let yaml = format!(
+        "connections:\n  q: {{ kind: memory }}\nplugins:\n{}{twin_entry}",
+        plugin_entry("memory-adapter", "")
+    );
+    let msg = load_error(&yaml).to_string();
+    assert!(
+        msg.contains("adapters memory-adapter, second-memory all serve kind `memory`"),
+        "{msg}"
+    );
+    assert!(msg.contains("connections.q.adapter"), "{msg}");
+    // Naming one settles it.
+    let yaml = yaml.replace(
+        "{ kind: memory }",
+        "{ kind: memory, adapter: second-memory }",
+    );
+    Runtime::new(&config(&yaml)).expect("an explicit adapter resolves the ambiguity");
+}
+
+#[test]
+fn a_config_key_must_match_the_manifest_name() {
+    let err = load_error(&format!(
+        "plugins:\n  not-panics:\n    path: {}\n    sha256: {}\n",
+        fixture("panics").display(),
+        fixture_sha256("panics")
+    ));
+    assert!(
+        err.to_string()
+            .contains("whose plugin.toml names it `panics`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn compiled_plugins_are_cached_and_a_corrupt_entry_is_replaced() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yaml = format!(
+        "runtime:\n  cache_dir: {}\nplugins:\n{}",
+        dir.path().display(),
+        plugin_entry("panics", "")
+    );
+    let parse = || Config::parse(&yaml, Path::new("test.yaml")).expect("config");
+    Runtime::new(&parse()).expect("first start compiles");
+    let sha = fixture_sha256("panics");
+    let entry = std::fs::read_dir(dir.path())
+        .expect("cache dir")
+        .map(|e| e.expect("entry").path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&sha) && n.ends_with(".cwasm"))
+        })
+        .expect("a cache entry named by the plugin's digest");
+
+    std::fs::write(&entry, b"not a compiled component").expect("corrupt the entry");
+    let rt = Runtime::new(&parse()).expect("a corrupt entry is recompiled");
+    assert!(rt.plugin("panics").is_ok());
+    assert!(
+        std::fs::metadata(&entry).expect("entry").len() > 1_000,
+        "the entry was rewritten"
+    );
+}

@@ -225,3 +225,34 @@ async fn a_plugin_that_keeps_failing_is_quarantined_until_reloaded() {
         .expect_err("spin runs again");
     assert!(matches!(err, CallError::Timeout { .. }), "{err:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_instance_pool_refuses_calls_without_blaming_the_plugin() {
+    let rt = runtime(&format!(
+        "runtime:\n  max_instances: 2\n  quarantine_after: 3\n  limits:\n    timeout: 500ms\nplugins:\n{}",
+        plugin_entry("spin", "")
+    ));
+    let calls: Vec<_> = (0..3)
+        .map(|_| {
+            let rt = rt.clone();
+            tokio::spawn(async move { rt.call_action("spin", "{}").await.outcome })
+        })
+        .collect();
+    let mut busy = 0;
+    for call in calls {
+        match call.await.expect("task") {
+            Err(CallError::Busy { plugin, detail }) => {
+                assert_eq!(plugin, "spin");
+                assert!(detail.contains('2'), "{detail}");
+                busy += 1;
+            }
+            Err(CallError::Timeout { .. }) => {}
+            other => panic!("expected busy or timeout, got {other:?}"),
+        }
+    }
+    assert_eq!(busy, 1, "two calls fit in the pool, the third is refused");
+    assert!(
+        rt.plugin("spin").expect("loaded").quarantined().is_none(),
+        "a full pool is not the plugin's fault"
+    );
+}

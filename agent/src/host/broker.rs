@@ -25,7 +25,7 @@ impl HostState {
     async fn session(&mut self, conn: &str) -> Result<(String, &mut AdapterSession), WitError> {
         self.check(Access::Connection(conn))?;
         let connection = self.env.connection(conn)?;
-        let adapter = self.env.adapter_for(conn, connection).ok_or_else(|| {
+        let adapter = self.env.adapter_for(connection).ok_or_else(|| {
             WitError::NotFound(format!(
                 "no adapter plugin serves connection kind `{}` (connection `{conn}`); load an \
                  adapter whose plugin.toml says broker = \"{}\"",

@@ -108,7 +108,7 @@ impl HostState {
             }
             Access::Http(conn) => {
                 let connection = self.env.connection(conn)?;
-                if self.env.adapter_for(conn, connection).as_deref() != Some(name.as_str()) {
+                if self.env.adapter_for(connection).as_deref() != Some(name.as_str()) {
                     return Err(WitError::Denied(format!(
                         "adapter `{name}` may only reach the connections it serves; `{conn}` \
                          is a `{}` connection",

@@ -69,6 +69,11 @@ pub enum CallError {
         plugin: String,
         error: PluginFailure,
     },
+    #[error(
+        "plugin `{plugin}` could not start: the agent already runs {detail}; retry later or \
+         raise runtime.max_instances"
+    )]
+    Busy { plugin: String, detail: String },
 }
 
 /// An error a plugin returned on purpose, as the WIT `error` variant.
@@ -155,6 +160,12 @@ pub(crate) fn new_store(
 /// Turn a trap or host error into a [`CallError`] naming the plugin and the limit it hit.
 pub(crate) fn classify(plugin: &Plugin, err: wasmtime::Error, state: &HostState) -> CallError {
     let name = plugin.manifest.name.clone();
+    if let Some(pool) = err.downcast_ref::<wasmtime::PoolConcurrencyLimitError>() {
+        return CallError::Busy {
+            plugin: name,
+            detail: pool.to_string(),
+        };
+    }
     let limit = state
         .limiter
         .hit

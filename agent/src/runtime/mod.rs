@@ -98,7 +98,7 @@ impl Env {
 
     /// The adapter plugin that serves `conn`: the one the connection names, else the one whose
     /// manifest declares the connection's kind.
-    pub(crate) fn adapter_for(&self, _conn: &str, connection: &Connection) -> Option<String> {
+    pub(crate) fn adapter_for(&self, connection: &Connection) -> Option<String> {
         if let Some(name) = &connection.adapter {
             return Some(name.clone());
         }
@@ -194,7 +194,18 @@ impl Runtime {
         for (name, entry) in &config.plugins {
             match &entry.path {
                 Some(path) => {
-                    runtime.load_file(path)?;
+                    let plugin = runtime.load_file(path)?;
+                    if plugin.name() != name {
+                        return Err(LoadError::Config {
+                            location: config.locate(name),
+                            message: format!(
+                                "plugins.{name} loads {}, whose plugin.toml names it `{}`; use that \
+                                 name as the key",
+                                path.display(),
+                                plugin.name()
+                            ),
+                        });
+                    }
                 }
                 None if runtime.env.plugin(name).is_err() => {
                     let known: Vec<String> = crate::builtin::PLUGINS
@@ -213,7 +224,63 @@ impl Runtime {
                 None => {}
             }
         }
+        runtime.check_connections(config)?;
         Ok(runtime)
+    }
+
+    /// Every connection has exactly one adapter: the one it names, or the only one serving its
+    /// kind. Checked at start, so a missing adapter is not discovered at 3 a.m.
+    fn check_connections(&self, config: &Config) -> Result<(), LoadError> {
+        let plugins = self.plugins();
+        for (name, conn) in &config.connections {
+            let fail = |message: String| {
+                Err(LoadError::Config {
+                    location: config.locate(name),
+                    message,
+                })
+            };
+            match &conn.adapter {
+                Some(adapter) => match plugins.iter().find(|p| p.name() == adapter) {
+                    Some(p) if p.manifest.kind == PluginKind::Adapter => {}
+                    Some(_) => {
+                        return fail(format!(
+                            "connection `{name}` names `{adapter}` as its adapter, but it is an action"
+                        ));
+                    }
+                    None => {
+                        let names: Vec<String> =
+                            plugins.iter().map(|p| p.name().to_string()).collect();
+                        return fail(format!(
+                            "connection `{name}` names adapter `{adapter}`, which is not loaded{}",
+                            crate::config::suggest(adapter, &names)
+                        ));
+                    }
+                },
+                None => {
+                    let serving: Vec<&str> = plugins
+                        .iter()
+                        .filter(|p| p.manifest.broker.as_deref() == Some(conn.kind.as_str()))
+                        .map(|p| p.name())
+                        .collect();
+                    if serving.len() > 1 {
+                        return fail(format!(
+                            "connection `{name}`: adapters {} all serve kind `{}`; pick one with \
+                             connections.{name}.adapter",
+                            serving.join(", "),
+                            conn.kind
+                        ));
+                    }
+                    if serving.is_empty() {
+                        tracing::warn!(
+                            "connection `{name}`: no loaded adapter serves kind `{}`; calls on it \
+                             will fail until one is loaded",
+                            conn.kind
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Load a third-party plugin from its `.wasm`, with the `plugin.toml` beside it, and
