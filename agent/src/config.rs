@@ -85,15 +85,19 @@ pub struct Limits {
 #[derive(Debug, Clone, Copy, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitOverrides {
+    /// Replaces `runtime.limits.timeout` for this plugin.
     #[serde(default, deserialize_with = "de_opt_duration")]
     pub timeout: Option<Duration>,
+    /// Replaces `runtime.limits.memory` for this plugin.
     #[serde(default, deserialize_with = "de_opt_bytes")]
     pub memory: Option<u64>,
+    /// Replaces `runtime.limits.output` for this plugin.
     #[serde(default, deserialize_with = "de_opt_bytes")]
     pub output: Option<u64>,
 }
 
 impl Limits {
+    /// These limits with a plugin's overrides applied; unset overrides keep the default.
     pub fn with(self, o: &LimitOverrides) -> Limits {
         Limits {
             timeout: o.timeout.unwrap_or(self.timeout),
@@ -116,8 +120,10 @@ pub struct ConnectionConfig {
     /// interface can reach for this connection. Defaults to `url` when that is http(s).
     #[serde(default)]
     pub http_url: Option<String>,
+    /// User for basic auth.
     #[serde(default)]
     pub username: Option<String>,
+    /// Password for basic auth; prefer `password_file` or `${VAR}` to writing it here.
     #[serde(default)]
     pub password: Option<Secret>,
     /// A file holding the password.
@@ -146,6 +152,7 @@ impl fmt::Debug for Secret {
 }
 
 impl Secret {
+    /// The secret itself, to send to a broker; never log it.
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -157,7 +164,12 @@ impl Secret {
 pub enum ScalerConfig {
     /// Runs a program (no shell). `{target}` and `{replicas}` in arguments are replaced.
     /// `get` prints the current replica count; `set` changes it and exits 0.
-    Command { get: Vec<String>, set: Vec<String> },
+    Command {
+        /// Program and arguments that print the current replica count.
+        get: Vec<String>,
+        /// Program and arguments that set the replica count to `{replicas}`.
+        set: Vec<String>,
+    },
 }
 
 /// Grants, limits and pin of one plugin.
@@ -244,13 +256,17 @@ impl Default for Config {
 /// A config that cannot be read or is wrong.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The config file could not be read.
     #[error(
         "cannot read config {path}: {source}; pass --config or create qmedic.yaml (see qmedic.example.yaml)"
     )]
     Read {
+        /// The file that was asked for.
         path: PathBuf,
+        /// Why reading it failed.
         source: std::io::Error,
     },
+    /// The config was read but is wrong; the error points at `file:line:column`.
     #[error(transparent)]
     Invalid(#[from] Located),
 }

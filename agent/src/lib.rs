@@ -5,6 +5,8 @@
 //! sandbox ([`Runtime`]), the host side of the contract, and the connections it owns on the
 //! plugins' behalf.
 
+#![warn(missing_docs)]
+
 mod builtin;
 pub mod config;
 mod connections;

@@ -6,8 +6,11 @@ use std::path::{Path, PathBuf};
 /// A position in a file, 1-based. `line` 0 means the file as a whole.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Location {
+    /// The file the position is in.
     pub file: PathBuf,
+    /// 1-based line; 0 for the file as a whole.
     pub line: u64,
+    /// 1-based column; 0 when `line` is 0.
     pub column: u64,
 }
 
@@ -15,7 +18,9 @@ pub struct Location {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{location}: {message}")]
 pub struct Located {
+    /// Where the problem is.
     pub location: Location,
+    /// What is wrong and, where possible, how to fix it.
     pub message: String,
 }
 
@@ -29,6 +34,7 @@ impl Location {
         }
     }
 
+    /// A known line and column, both 1-based.
     pub fn at(file: &Path, line: u64, column: u64) -> Self {
         Location {
             file: file.to_path_buf(),
@@ -60,6 +66,7 @@ impl Location {
         Location::file(file)
     }
 
+    /// An error at this position, for the operator to fix.
     pub fn error(self, message: impl Into<String>) -> Located {
         Located {
             location: self,

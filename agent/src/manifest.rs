@@ -18,6 +18,7 @@ pub struct Manifest {
     pub name: String,
     /// The plugin's own version (semver).
     pub version: String,
+    /// Action or adapter; decides which exports the `.wasm` must have.
     pub kind: PluginKind,
     /// The `qmedic:plugin` WIT version the plugin was built against.
     pub wit: String,
@@ -37,7 +38,9 @@ pub struct Manifest {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
 #[serde(rename_all = "lowercase")]
 pub enum PluginKind {
+    /// Exports `run`: a remediation step that playbooks call.
     Action,
+    /// Exports `broker`: speaks one kind of broker on behalf of actions.
     Adapter,
 }
 
@@ -89,6 +92,7 @@ impl Manifest {
         Ok(manifest)
     }
 
+    /// Whether the plugin asked for `capability`; host calls to unlisted interfaces are denied.
     pub fn has(&self, capability: Capability) -> bool {
         self.capabilities.contains(&capability)
     }

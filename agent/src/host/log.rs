@@ -13,8 +13,11 @@ const MAX_LINE: usize = 4 << 10;
 /// One line a plugin logged during a call.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct LogLine {
+    /// The plugin's name.
     pub plugin: String,
+    /// `trace`, `debug`, `info`, `warn` or `error`; stdout lines are `info`.
     pub level: &'static str,
+    /// The line, cut at 4 KiB.
     pub message: String,
 }
 

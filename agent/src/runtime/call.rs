@@ -20,74 +20,134 @@ const GRACE: Duration = Duration::from_millis(250);
 /// limit it hit and how to raise it.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CallError {
+    /// No loaded plugin has that name.
     #[error(
         "no plugin named `{name}` is loaded{suggestion}; `qmedic plugin list` shows the loaded ones"
     )]
-    NotFound { name: String, suggestion: String },
+    NotFound {
+        /// The name that was asked for.
+        name: String,
+        /// `; did you mean ...?` when a loaded name is close, else empty.
+        suggestion: String,
+    },
+    /// An adapter was called as an action, or the reverse.
     #[error("plugin `{plugin}` is an {is}, not an {wanted}")]
     WrongKind {
+        /// The plugin's name.
         plugin: String,
+        /// What the plugin is.
         is: PluginKind,
+        /// What the caller needed.
         wanted: PluginKind,
     },
+    /// Too many sandbox failures in a row; calls are refused until it is reloaded.
     #[error(
         "plugin `{plugin}` is quarantined after repeated failures (last: {last}); fix it and \
          reload it, or restart the agent"
     )]
-    Quarantined { plugin: String, last: String },
+    Quarantined {
+        /// The plugin's name.
+        plugin: String,
+        /// The failure that quarantined it.
+        last: String,
+    },
+    /// The call ran past its deadline and was stopped.
     #[error(
         "plugin `{plugin}` ran past its deadline of {limit:?} and was stopped; if it needs \
          longer, raise plugins.{plugin}.limits.timeout"
     )]
-    Timeout { plugin: String, limit: Duration },
+    Timeout {
+        /// The plugin's name.
+        plugin: String,
+        /// The deadline it ran past.
+        limit: Duration,
+    },
+    /// The plugin tried to grow its memory past its cap and was stopped.
     #[error(
         "plugin `{plugin}` tried to grow its memory to {desired} bytes, past its memory cap of \
          {limit} bytes, and was stopped; if it needs more, raise plugins.{plugin}.limits.memory"
     )]
     Memory {
+        /// The plugin's name.
         plugin: String,
+        /// The size in bytes it asked for.
         desired: u64,
+        /// Its memory cap in bytes.
         limit: u64,
     },
+    /// The plugin overflowed its stack and was stopped.
     #[error("plugin `{plugin}` overflowed its stack (unbounded recursion?) and was stopped")]
-    StackOverflow { plugin: String },
+    StackOverflow {
+        /// The plugin's name.
+        plugin: String,
+    },
+    /// The plugin returned more than its output cap; the result was discarded.
     #[error(
         "plugin `{plugin}` returned {size} bytes, past its output cap of {limit} bytes; the \
          result was discarded (raise plugins.{plugin}.limits.output if it is legitimate)"
     )]
     Output {
+        /// The plugin's name.
         plugin: String,
+        /// How many bytes it returned.
         size: u64,
+        /// Its output cap in bytes.
         limit: u64,
     },
+    /// The plugin panicked or aborted.
     #[error("plugin `{plugin}` panicked: {message}")]
-    Panic { plugin: String, message: String },
+    Panic {
+        /// The plugin's name.
+        plugin: String,
+        /// What it printed when it panicked, or a plain description.
+        message: String,
+    },
+    /// The plugin trapped for another reason, or the host could not run it.
     #[error("plugin `{plugin}` trapped: {detail}")]
-    Trap { plugin: String, detail: String },
+    Trap {
+        /// The plugin's name.
+        plugin: String,
+        /// The trap as wasmtime describes it.
+        detail: String,
+    },
+    /// The plugin ran and returned an error itself; this does not count towards quarantine.
     #[error("plugin `{plugin}` failed: {error}")]
     Plugin {
+        /// The plugin's name.
         plugin: String,
+        /// The error it returned.
         error: PluginFailure,
     },
+    /// Every instance slot is in use; the call never started.
     #[error(
         "plugin `{plugin}` could not start: the agent already runs {detail}; retry later or \
          raise runtime.max_instances"
     )]
-    Busy { plugin: String, detail: String },
+    Busy {
+        /// The plugin's name.
+        plugin: String,
+        /// The instance pool's error.
+        detail: String,
+    },
 }
 
 /// An error a plugin returned on purpose, as the WIT `error` variant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
 #[serde(tag = "kind", content = "message", rename_all = "kebab-case")]
 pub enum PluginFailure {
+    /// The queue, message or other object it acted on does not exist.
     #[error("not found: {0}")]
     NotFound(String),
+    /// The agent's config does not grant what was asked for.
     #[error("denied: {0}")]
     Denied(String),
+    /// The broker or backend could not be reached; retrying later may work.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// The request itself is wrong; retrying will not help.
     #[error("invalid: {0}")]
     Invalid(String),
+    /// Something unexpected inside the plugin or host; worth a bug report.
     #[error("internal: {0}")]
     Internal(String),
 }
@@ -131,8 +191,11 @@ impl CallError {
 /// The result of one action call, with what the plugin logged along the way.
 #[derive(Debug)]
 pub struct Call {
+    /// The action's JSON report, or why the call failed.
     pub outcome: Result<String, CallError>,
+    /// Lines the plugin logged, then what it printed to stdout.
     pub logs: Vec<LogLine>,
+    /// Wall-clock time of the call, instantiation included.
     pub duration: Duration,
 }
 

@@ -32,45 +32,84 @@ use plugin::Prepared;
 /// Why the agent could not start its sandbox or load a plugin.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
+    /// The sandbox could not start, or the plugin registry is unusable.
     #[error("cannot start the WebAssembly engine: {0}")]
     Engine(String),
+    /// A plugin's `.wasm` or `plugin.toml` could not be read.
     #[error("cannot read plugin {path}: {source}")]
     Read {
+        /// The file that could not be read.
         path: PathBuf,
+        /// Why reading it failed.
         source: std::io::Error,
     },
+    /// A `plugin.toml` is malformed or asks for what its kind may not have.
     #[error(transparent)]
     Manifest(#[from] Located),
+    /// A plugin file does not match its sha256 pin; it is not loaded.
     #[error(
         "plugin `{plugin}` ({path}) has sha256 {actual}, but {config} pins {pinned}; refusing to \
          load it. If the new file is trusted, update plugins.{plugin}.sha256"
     )]
     PinMismatch {
+        /// The plugin's name.
         plugin: String,
+        /// The `.wasm` that was read.
         path: PathBuf,
+        /// Hex sha256 of the file as it is now.
         actual: String,
+        /// Hex sha256 the config expects.
         pinned: String,
+        /// The config file that holds the pin.
         config: PathBuf,
     },
+    /// The `.wasm` is not a component wasmtime can compile.
     #[error("plugin `{plugin}` cannot be compiled: {detail}")]
-    Compile { plugin: String, detail: String },
+    Compile {
+        /// The plugin's name.
+        plugin: String,
+        /// The compiler's error.
+        detail: String,
+    },
+    /// The plugin imports something the host does not offer, such as filesystem or sockets.
     #[error(
         "plugin `{plugin}` cannot be linked: {detail}. Plugins may only import the qmedic host \
          API and WASI streams, clocks, random and stdio; filesystem and sockets are not available"
     )]
-    Link { plugin: String, detail: String },
+    Link {
+        /// The plugin's name.
+        plugin: String,
+        /// The linker's error, naming the missing import.
+        detail: String,
+    },
+    /// The component's exports do not match the kind its `plugin.toml` declares.
     #[error(
         "plugin `{plugin}` says it is an {kind} in its plugin.toml, but its component does not match: {detail}"
     )]
     Exports {
+        /// The plugin's name.
         plugin: String,
+        /// The kind its `plugin.toml` declares.
         kind: PluginKind,
+        /// What is missing or does not match.
         detail: String,
     },
+    /// A plugin entry or connection in the config is wrong.
     #[error("{location}: {message}")]
-    Config { location: Location, message: String },
+    Config {
+        /// Where in the config.
+        location: Location,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+    /// A configured connection could not be set up.
     #[error("connection `{conn}`: {message}")]
-    Connection { conn: String, message: String },
+    Connection {
+        /// The connection's name.
+        conn: String,
+        /// Why it could not be set up.
+        message: String,
+    },
 }
 
 /// What host calls need: the engine, connections, scalers, state and the plugin registry.

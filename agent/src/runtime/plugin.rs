@@ -24,15 +24,19 @@ pub enum Origin {
 /// What the config lets a plugin reach. `*` grants every configured object.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct Grant {
+    /// Connection names the plugin may use, or `*`.
     pub connections: Vec<String>,
+    /// Scaler names the plugin may use, or `*`.
     pub scalers: Vec<String>,
 }
 
 impl Grant {
+    /// Whether the plugin may use connection `name`.
     pub fn allows_connection(&self, name: &str) -> bool {
         self.connections.iter().any(|g| g == "*" || g == name)
     }
 
+    /// Whether the plugin may use scaler `name`.
     pub fn allows_scaler(&self, name: &str) -> bool {
         self.scalers.iter().any(|g| g == "*" || g == name)
     }
@@ -53,11 +57,15 @@ struct Health {
 
 /// A plugin ready to instantiate.
 pub struct Plugin {
+    /// Its `plugin.toml`.
     pub manifest: Manifest,
     /// Hex sha256 of the `.wasm`.
     pub sha256: String,
+    /// Where it was loaded from, and so where a reload reads it again.
     pub origin: Origin,
+    /// The connections and scalers the config lets it reach.
     pub grant: Grant,
+    /// Limits of each call: the config's defaults with this plugin's overrides.
     pub limits: Limits,
     pub(crate) prepared: Prepared,
     health: Mutex<Health>,
@@ -66,19 +74,32 @@ pub struct Plugin {
 /// What `qmedic plugin list` and `inspect` show.
 #[derive(Debug, Clone, Serialize)]
 pub struct PluginInfo {
+    /// The plugin's name.
     pub name: String,
+    /// Action or adapter.
     pub kind: PluginKind,
+    /// The plugin's own version.
     pub version: String,
+    /// The `qmedic:plugin` WIT version it was built against.
     pub wit: String,
+    /// One line from its `plugin.toml`.
     pub description: String,
+    /// Adapters only: the connection kind it serves.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub broker: Option<String>,
+    /// Hex sha256 of its `.wasm`, the value to pin in the config.
     pub sha256: String,
+    /// Host interfaces its manifest asks for.
     pub capabilities: Vec<Capability>,
+    /// Built in, or the file it was loaded from.
     pub origin: Origin,
+    /// The connections and scalers the config lets it reach.
     pub grant: Grant,
+    /// Deadline of one call, in milliseconds.
     pub timeout_ms: u64,
+    /// Memory cap, in bytes.
     pub memory_bytes: u64,
+    /// Output cap, in bytes.
     pub output_bytes: u64,
     /// Why it is quarantined, if it is.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -105,10 +126,12 @@ impl Plugin {
         }
     }
 
+    /// The name configs and playbooks use for it.
     pub fn name(&self) -> &str {
         &self.manifest.name
     }
 
+    /// What `qmedic plugin list` and `inspect` show for it.
     pub fn info(&self) -> PluginInfo {
         let m = &self.manifest;
         PluginInfo {
@@ -129,6 +152,7 @@ impl Plugin {
         }
     }
 
+    /// Why it is quarantined, if it is; a reload ends the quarantine.
     pub fn quarantined(&self) -> Option<String> {
         self.health.lock().ok().and_then(|h| h.quarantined.clone())
     }
