@@ -3,6 +3,8 @@
 //! The agent embeds its first-party plugins this way and the tests build their fixture plugins
 //! the same way, so a plain `cargo build` yields working plugins without a manual step.
 
+#![warn(missing_docs)]
+
 use std::env;
 use std::fmt::Write as _;
 use std::fs;

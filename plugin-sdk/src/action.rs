@@ -14,6 +14,8 @@ pub trait Action {
     /// What the action did, serialized to JSON for the run's record.
     type Report: Serialize;
 
+    /// Do the remediation. Return `invalid` for parameters that cannot work, `unavailable` when
+    /// a broker or backend cannot be reached.
     fn run(params: Self::Params) -> Result<Self::Report, Error>;
 }
 

@@ -5,12 +5,18 @@ use crate::{Error, Message, Outgoing, QueueStats, Settlement};
 /// One broker kind's semantics. Every method receives the connection name the action used; pass
 /// it on to the host's protocol calls, which inject the connection's address and credentials.
 pub trait Adapter {
+    /// Health of one queue, topic or stream.
     fn stats(conn: String, queue: String) -> Result<QueueStats, Error>;
+    /// Queue names matching a glob (`*`, `?`).
     fn list(conn: String, pattern: String) -> Result<Vec<String>, Error>;
+    /// Up to `max` messages, waiting at most `wait_ms` for the first; they stay unsettled until
+    /// [`Adapter::settle`].
     fn receive(conn: String, queue: String, max: u32, wait_ms: u32) -> Result<Vec<Message>, Error>;
     /// Return only after the broker confirmed every message durably.
     fn publish(conn: String, msgs: Vec<Outgoing>) -> Result<(), Error>;
+    /// Ack, requeue or dead-letter received messages by handle.
     fn settle(conn: String, handles: Vec<u64>, how: Settlement) -> Result<(), Error>;
+    /// Set a prefetch-like knob; `invalid` naming the knobs the broker has for any other name.
     fn set_limit(conn: String, queue: String, name: String, value: u64) -> Result<(), Error>;
 }
 

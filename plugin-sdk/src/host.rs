@@ -43,18 +43,22 @@ pub mod clock {
 pub mod log {
     pub use crate::bindings::action::qmedic::plugin::log::{Level, write};
 
+    /// A line at `info`.
     pub fn info(msg: &str) {
         write(Level::Info, msg);
     }
 
+    /// A line at `warn`: something an operator should look at.
     pub fn warn(msg: &str) {
         write(Level::Warn, msg);
     }
 
+    /// A line at `error`.
     pub fn error(msg: &str) {
         write(Level::Error, msg);
     }
 
+    /// A line at `debug`, hidden unless the agent logs at debug.
     pub fn debug(msg: &str) {
         write(Level::Debug, msg);
     }

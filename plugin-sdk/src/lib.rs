@@ -25,6 +25,8 @@
 //! export_action!(Depth);
 //! ```
 
+#![warn(missing_docs)]
+
 extern crate self as qmedic_plugin_sdk;
 
 mod action;
@@ -37,6 +39,8 @@ pub use host::{Error, Message, Outgoing, QueueStats, Settlement};
 pub use host::{broker, clock, log, scale, state};
 
 /// The generated bindings, for the export macros and for plugins that need the raw contract.
+/// Their documentation is the WIT file's.
+#[allow(missing_docs)]
 pub mod bindings {
     /// The `action` world.
     pub mod action {
