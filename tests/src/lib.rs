@@ -3,7 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use qmedic::{Config, Runtime};
+use std::fmt::Debug;
+
+use qmedic::{CallError, Config, Runtime};
 
 /// The `.wasm` of a fixture plugin built from `tests/plugins/<name>`.
 pub fn fixture(name: &str) -> PathBuf {
@@ -49,4 +51,15 @@ pub fn config(yaml: &str) -> Config {
 /// A runtime for a config written by a test.
 pub fn runtime(yaml: &str) -> Runtime {
     Runtime::new(&config(yaml)).unwrap_or_else(|e| panic!("runtime does not start: {e}"))
+}
+
+/// The message of the `kind` error (`denied`, `invalid`, `not-found`, ...) that a plugin
+/// returned on purpose; panics on success or on any other outcome.
+pub fn failure<T: Debug>(kind: &str, outcome: Result<T, CallError>) -> String {
+    if let Err(CallError::Plugin { error, .. }) = &outcome
+        && error.kind() == kind
+    {
+        return error.message().to_string();
+    }
+    panic!("expected a `{kind}` error, got {outcome:?}")
 }

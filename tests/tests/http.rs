@@ -3,8 +3,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use qmedic::{CallError, PluginFailure, Runtime};
-use qmedic_tests::{plugin_entry, runtime};
+use qmedic::{CallError, Runtime};
+use qmedic_tests::{failure, plugin_entry, runtime};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -127,18 +127,11 @@ async fn requests_cannot_leave_the_base_url() {
         format!("http://127.0.0.1:{port}/other"),
         "queues/orders".to_string(),
     ] {
-        match list(&rt, &escape).await {
-            Err(CallError::Plugin {
-                error: PluginFailure::Denied(msg),
-                ..
-            }) => {
-                assert!(
-                    msg.contains("outside connection `web`'s base URL"),
-                    "{escape}: {msg}"
-                )
-            }
-            other => panic!("{escape}: expected denied, got {other:?}"),
-        }
+        let msg = failure("denied", list(&rt, &escape).await);
+        assert!(
+            msg.contains("outside connection `web`'s base URL"),
+            "{escape}: {msg}"
+        );
     }
     assert_eq!(
         seen.lock().expect("log").len(),

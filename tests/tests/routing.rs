@@ -1,8 +1,8 @@
 //! An action's `broker` calls reach the adapter plugin registered for the connection's kind; the
 //! first-party `adjust-prefetch` action, embedded in the agent, works through any adapter.
 
-use qmedic::{CallError, Origin, PluginFailure, Runtime};
-use qmedic_tests::{plugin_entry, runtime};
+use qmedic::{CallError, Origin, Runtime};
+use qmedic_tests::{failure, plugin_entry, runtime};
 use serde_json::{Value, json};
 
 fn agent(extra_connections: &str, extra_plugins: &str) -> Runtime {
@@ -90,19 +90,13 @@ async fn the_built_in_action_works_through_the_adapter() {
     // A knob the broker does not have comes back as the adapter's `invalid`, naming the ones it has.
     let params =
         json!({ "connection": "mem", "queue": "orders", "limit": "max-ack-pending", "value": 5 });
-    match rt
-        .call_action("adjust-prefetch", &params.to_string())
-        .await
-        .outcome
-    {
-        Err(CallError::Plugin {
-            error: PluginFailure::Invalid(msg),
-            ..
-        }) => {
-            assert!(msg.contains("prefetch, max-length"), "{msg}")
-        }
-        other => panic!("expected invalid, got {other:?}"),
-    }
+    let msg = failure(
+        "invalid",
+        rt.call_action("adjust-prefetch", &params.to_string())
+            .await
+            .outcome,
+    );
+    assert!(msg.contains("prefetch, max-length"), "{msg}");
     // Dry run changes nothing.
     let params = json!({ "connection": "mem", "queue": "orders", "value": 7, "dry-run": true });
     rt.call_action("adjust-prefetch", &params.to_string())
@@ -139,40 +133,30 @@ async fn a_connection_can_name_its_adapter() {
 #[tokio::test]
 async fn errors_name_what_is_missing() {
     let rt = agent("", "");
-    match probe(
-        &rt,
-        json!([{ "op": "stats", "connection": "other", "queue": "q" }]),
-    )
-    .await
-    {
-        Err(CallError::Plugin {
-            error: PluginFailure::NotFound(msg),
-            ..
-        }) => {
-            assert!(
-                msg.contains("no adapter plugin serves connection kind `nothing-serves-this`"),
-                "{msg}"
-            )
-        }
-        other => panic!("expected not-found, got {other:?}"),
-    }
-    match probe(
-        &rt,
-        json!([{ "op": "stats", "connection": "meme", "queue": "q" }]),
-    )
-    .await
-    {
-        Err(CallError::Plugin {
-            error: PluginFailure::NotFound(msg),
-            ..
-        }) => {
-            assert!(
-                msg.contains("no connection named `meme`") && msg.contains("did you mean `mem`"),
-                "{msg}"
-            )
-        }
-        other => panic!("expected not-found, got {other:?}"),
-    }
+    let msg = failure(
+        "not-found",
+        probe(
+            &rt,
+            json!([{ "op": "stats", "connection": "other", "queue": "q" }]),
+        )
+        .await,
+    );
+    assert!(
+        msg.contains("no adapter plugin serves connection kind `nothing-serves-this`"),
+        "{msg}"
+    );
+    let msg = failure(
+        "not-found",
+        probe(
+            &rt,
+            json!([{ "op": "stats", "connection": "meme", "queue": "q" }]),
+        )
+        .await,
+    );
+    assert!(
+        msg.contains("no connection named `meme`") && msg.contains("did you mean `mem`"),
+        "{msg}"
+    );
     match rt.call_action("adjust-prefech", "{}").await.outcome {
         Err(e @ CallError::NotFound { .. }) => assert!(
             e.to_string().contains("did you mean `adjust-prefetch`"),
@@ -239,43 +223,34 @@ async fn scalers_run_their_commands_and_grants_apply() {
     assert_eq!(r, vec![json!(2), json!(7), json!(7)]);
     assert_eq!(std::fs::read_to_string(&file).expect("file").trim(), "7");
 
-    match probe(
-        &rt,
-        json!([{ "op": "replicas", "scaler": "other", "target": "orders" }]),
-    )
-    .await
-    {
-        Err(CallError::Plugin {
-            error: PluginFailure::Denied(msg),
-            ..
-        }) => assert!(msg.contains("scaler `other`"), "{msg}"),
-        other => panic!("expected denied, got {other:?}"),
-    }
-    match probe(
-        &rt,
-        json!([{ "op": "replicas", "scaler": "workers", "target": "--all" }]),
-    )
-    .await
-    {
-        Err(CallError::Plugin {
-            error: PluginFailure::Invalid(msg),
-            ..
-        }) => assert!(msg.contains("`--all`"), "{msg}"),
-        other => panic!("expected invalid target, got {other:?}"),
-    }
+    let msg = failure(
+        "denied",
+        probe(
+            &rt,
+            json!([{ "op": "replicas", "scaler": "other", "target": "orders" }]),
+        )
+        .await,
+    );
+    assert!(msg.contains("scaler `other`"), "{msg}");
+    let msg = failure(
+        "invalid",
+        probe(
+            &rt,
+            json!([{ "op": "replicas", "scaler": "workers", "target": "--all" }]),
+        )
+        .await,
+    );
+    assert!(msg.contains("`--all`"), "{msg}");
     // A third-party plugin without grants reaches nothing.
-    match probe(
-        &rt,
-        json!([{ "op": "stats", "connection": "mem", "queue": "q" }]),
-    )
-    .await
-    {
-        Err(CallError::Plugin {
-            error: PluginFailure::Denied(msg),
-            ..
-        }) => assert!(msg.contains("connection `mem`"), "{msg}"),
-        other => panic!("expected denied, got {other:?}"),
-    }
+    let msg = failure(
+        "denied",
+        probe(
+            &rt,
+            json!([{ "op": "stats", "connection": "mem", "queue": "q" }]),
+        )
+        .await,
+    );
+    assert!(msg.contains("connection `mem`"), "{msg}");
 }
 
 #[tokio::test]
@@ -298,18 +273,14 @@ async fn the_readme_example_plugin_works() {
             .any(|l| l.level == "warn" && l.message == "orders holds 3 messages (threshold 2)")
     );
 
-    match rt
-        .call_action(
+    let msg = failure(
+        "invalid",
+        rt.call_action(
             "depth-check",
             r#"{"connection":"mem","queue":"orders","warn_above":2}"#,
         )
         .await
-        .outcome
-    {
-        Err(CallError::Plugin {
-            error: PluginFailure::Invalid(msg),
-            ..
-        }) => assert!(msg.contains("warn_above"), "{msg}"),
-        other => panic!("a misspelled parameter must be refused, got {other:?}"),
-    }
+        .outcome,
+    );
+    assert!(msg.contains("warn_above"), "{msg}");
 }

@@ -152,6 +152,31 @@ pub enum PluginFailure {
     Internal(String),
 }
 
+impl PluginFailure {
+    /// The WIT name of the error's kind: `not-found`, `denied`, `unavailable`, `invalid`,
+    /// `internal`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PluginFailure::NotFound(_) => "not-found",
+            PluginFailure::Denied(_) => "denied",
+            PluginFailure::Unavailable(_) => "unavailable",
+            PluginFailure::Invalid(_) => "invalid",
+            PluginFailure::Internal(_) => "internal",
+        }
+    }
+
+    /// What the plugin said.
+    pub fn message(&self) -> &str {
+        match self {
+            PluginFailure::NotFound(m)
+            | PluginFailure::Denied(m)
+            | PluginFailure::Unavailable(m)
+            | PluginFailure::Invalid(m)
+            | PluginFailure::Internal(m) => m,
+        }
+    }
+}
+
 impl From<WitError> for PluginFailure {
     fn from(e: WitError) -> Self {
         match e {
