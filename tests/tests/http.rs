@@ -51,7 +51,7 @@ fn agent(port: u16, auth: &str) -> Runtime {
     runtime(&format!(
         "connections:\n  web:\n    kind: http-probe\n    http_url: http://127.0.0.1:{port}/api\n{auth}\
          plugins:\n{}{}",
-        plugin_entry("http-adapter", ""),
+        plugin_entry("http-adapter", "connections: [web]"),
         plugin_entry("broker-probe", "connections: [web]"),
     ))
 }
@@ -138,4 +138,20 @@ async fn requests_cannot_leave_the_base_url() {
         1,
         "denied requests never reach the server"
     );
+}
+
+#[tokio::test]
+async fn an_adapter_reaches_only_the_connections_it_is_granted() {
+    let (port, seen) = server().await;
+    let rt = runtime(&format!(
+        "connections:\n  web:\n    kind: http-probe\n    http_url: http://127.0.0.1:{port}/api\nplugins:\n{}{}",
+        plugin_entry("http-adapter", ""),
+        plugin_entry("broker-probe", "connections: [web]"),
+    ));
+    let msg = failure("denied", list(&rt, "/queues/orders").await);
+    assert!(
+        msg.contains("plugin `http-adapter` is not granted connection `web`"),
+        "{msg}"
+    );
+    assert!(seen.lock().expect("log").is_empty());
 }

@@ -98,13 +98,7 @@ impl HostState {
         match access {
             Access::Connection(conn) => {
                 self.env.connection(conn)?;
-                if !plugin.grant.allows_connection(conn) {
-                    return Err(WitError::Denied(format!(
-                        "plugin `{name}` is not granted connection `{conn}`; add it to \
-                         plugins.{name}.connections in {}",
-                        self.env.config_path.display()
-                    )));
-                }
+                self.granted_connection(conn)?;
             }
             Access::Http(conn) => {
                 let connection = self.env.connection(conn)?;
@@ -115,6 +109,7 @@ impl HostState {
                         connection.kind
                     )));
                 }
+                self.granted_connection(conn)?;
             }
             Access::Scaler(scaler) => {
                 if !self.env.scalers.contains_key(scaler) {
@@ -133,6 +128,18 @@ impl HostState {
             Access::State => {}
         }
         Ok(())
+    }
+
+    fn granted_connection(&self, conn: &str) -> Result<(), WitError> {
+        if self.plugin.grant.allows_connection(conn) {
+            return Ok(());
+        }
+        let name = &self.plugin.manifest.name;
+        Err(WitError::Denied(format!(
+            "plugin `{name}` is not granted connection `{conn}`; add it to \
+             plugins.{name}.connections in {}",
+            self.env.config_path.display()
+        )))
     }
 
     /// Time left before the call's deadline.

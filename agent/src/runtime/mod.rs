@@ -102,6 +102,12 @@ pub enum LoadError {
         /// What is wrong and how to fix it.
         message: String,
     },
+    /// `reload` named a plugin that is not loaded.
+    #[error("no plugin named `{name}` is loaded; `qmedic plugin list` shows the loaded ones")]
+    NotLoaded {
+        /// The name asked for.
+        name: String,
+    },
     /// A configured connection could not be set up.
     #[error("connection `{conn}`: {message}")]
     Connection {
@@ -456,10 +462,9 @@ impl Runtime {
 
     /// Load a plugin again from where it came from, ending its quarantine.
     pub fn reload(&self, name: &str) -> Result<Arc<Plugin>, LoadError> {
-        let plugin = self
-            .env
-            .plugin(name)
-            .map_err(|e| LoadError::Engine(e.to_string()))?;
+        let plugin = self.env.plugin(name).map_err(|_| LoadError::NotLoaded {
+            name: name.to_string(),
+        })?;
         match &plugin.origin {
             Origin::File(path) => self.load_file(path),
             Origin::BuiltIn => {
