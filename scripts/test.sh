@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 toolchain=$(sed -n 's/^channel = "\(.*\)"/\1/p' rust-toolchain.toml)
 rustup toolchain install "$toolchain" --profile minimal --component rustfmt,clippy --target wasm32-wasip2 >/dev/null
 
+# Brokers the integration tests talk to.
+scripts/services.sh
+
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 # The plugin crates build only for wasm32-wasip2; lint them there.

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Make sure the brokers the tests talk to are up, with what the tests need enabled.
+# Idempotent: a service already in the right state is left alone.
+set -euo pipefail
+
+log() { echo "services: $*" >&2; }
+
+# RabbitMQ on 127.0.0.1:5672 (guest/guest), with the management API on :15672 and the shovel
+# plugin (the redrive benchmark compares against a dynamic shovel).
+rabbitmq() {
+  local plugins=(rabbitmq_management rabbitmq_shovel rabbitmq_shovel_management)
+  if ! command -v rabbitmq-server >/dev/null; then
+    log "installing rabbitmq-server"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server >/dev/null
+  fi
+  if rabbitmqctl -q status >/dev/null 2>&1; then
+    rabbitmq-plugins -q enable "${plugins[@]}" >/dev/null
+  else
+    rabbitmq-plugins -q enable --offline "${plugins[@]}" >/dev/null
+    log "starting rabbitmq-server"
+    rabbitmq-server -detached
+    for _ in $(seq 1 120); do
+      rabbitmqctl -q await_startup --timeout 5 >/dev/null 2>&1 && break
+      sleep 1
+    done
+  fi
+  for _ in $(seq 1 120); do
+    if curl -fsS -u guest:guest http://127.0.0.1:15672/api/overview >/dev/null 2>&1; then
+      return 0
+    fi
+    sleep 1
+  done
+  log "the RabbitMQ management API on 127.0.0.1:15672 did not come up"
+  return 1
+}
+
+rabbitmq
