@@ -65,6 +65,8 @@ pub enum Capability {
     State,
     /// Adapters: HTTP to the base URL of the connections they serve.
     Http,
+    /// Adapters: AMQP 0-9-1 on the connections they serve.
+    Amqp,
 }
 
 impl fmt::Display for Capability {
@@ -74,6 +76,7 @@ impl fmt::Display for Capability {
             Capability::Scale => "scale",
             Capability::State => "state",
             Capability::Http => "http",
+            Capability::Amqp => "amqp",
         })
     }
 }
@@ -134,7 +137,7 @@ impl Manifest {
         }
         let allowed: &[Capability] = match self.kind {
             PluginKind::Action => &[Capability::Broker, Capability::Scale, Capability::State],
-            PluginKind::Adapter => &[Capability::Http, Capability::State],
+            PluginKind::Adapter => &[Capability::Amqp, Capability::Http, Capability::State],
         };
         if let Some(bad) = self.capabilities.iter().find(|c| !allowed.contains(c)) {
             return Err(at("capabilities").error(format!(

@@ -70,3 +70,8 @@ macro_rules! export_adapter {
 pub mod http {
     pub use crate::bindings::adapter::qmedic::plugin::http::{Request, Response, send};
 }
+
+/// AMQP 0-9-1 on a connection, for adapters of AMQP brokers.
+pub mod amqp {
+    pub use crate::bindings::adapter::qmedic::plugin::amqp::*;
+}

@@ -34,7 +34,7 @@ mod adapter;
 mod host;
 
 pub use action::{Action, run_json};
-pub use adapter::{Adapter, http};
+pub use adapter::{Adapter, amqp, http};
 pub use host::{Error, Message, Outgoing, QueueStats, Settlement};
 pub use host::{broker, clock, log, scale, state};
 

@@ -1,12 +1,14 @@
 //! Native clients the host owns on behalf of plugins: HTTP to a connection's API, scalers.
 //! Plugins name a connection; they never see its address's credentials.
 
+mod amqp;
 mod scaler;
 
 use std::time::Duration;
 
 use reqwest::{Method, Url};
 
+pub(crate) use amqp::{AmqpPool, AmqpSession};
 pub(crate) use scaler::Scaler;
 
 use crate::config::ConnectionConfig;
@@ -43,6 +45,7 @@ pub(crate) struct Connection {
     http_base: Option<Url>,
     auth: Auth,
     client: reqwest::Client,
+    pub(crate) amqp: AmqpPool,
 }
 
 impl Connection {
@@ -84,12 +87,18 @@ impl Connection {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
+        let amqp = AmqpPool::new(
+            config.url.as_deref(),
+            config.username.as_deref(),
+            config.password.as_ref().map(|p| p.expose()),
+        )?;
         Ok(Connection {
             kind: config.kind.clone(),
             adapter: config.adapter.clone(),
             http_base,
             auth,
             client,
+            amqp,
         })
     }
 

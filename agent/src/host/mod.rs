@@ -1,6 +1,7 @@
 //! The host side of the WIT contract: one module per interface, and [`HostState::check`], the
 //! one function every host call passes before it does anything.
 
+mod amqp;
 pub(crate) mod bindings;
 mod broker;
 mod clock;
@@ -21,6 +22,7 @@ pub(crate) use bindings::WitError;
 pub(crate) use broker::AdapterSession;
 pub use log::LogLine;
 
+use crate::connections::AmqpSession;
 use crate::manifest::{Capability, PluginKind};
 use crate::runtime::{Env, Limiter, Plugin};
 
@@ -37,6 +39,8 @@ pub(crate) struct HostState {
     pub(crate) logs: Vec<LogLine>,
     /// Actions only: the adapter instances this call opened, by adapter plugin name.
     pub(crate) adapters: HashMap<String, AdapterSession>,
+    /// Adapters only: this instance's AMQP channels, by connection name.
+    pub(crate) amqp: HashMap<String, AmqpSession>,
     pub(crate) stderr: MemoryOutputPipe,
     pub(crate) stdout: MemoryOutputPipe,
     wasi: WasiCtx,
@@ -50,6 +54,8 @@ pub(crate) enum Access<'a> {
     Connection(&'a str),
     /// HTTP to a connection's base URL (adapters, for the connections they serve).
     Http(&'a str),
+    /// AMQP on a connection (adapters, for the connections they serve).
+    Amqp(&'a str),
     Scaler(&'a str),
     State,
 }
@@ -72,6 +78,7 @@ impl HostState {
             deadline,
             logs: Vec::new(),
             adapters: HashMap::new(),
+            amqp: HashMap::new(),
             stderr,
             stdout,
             wasi,
@@ -87,6 +94,7 @@ impl HostState {
         let (needed, kind) = match access {
             Access::Connection(_) => (Capability::Broker, PluginKind::Action),
             Access::Http(_) => (Capability::Http, PluginKind::Adapter),
+            Access::Amqp(_) => (Capability::Amqp, PluginKind::Adapter),
             Access::Scaler(_) => (Capability::Scale, PluginKind::Action),
             Access::State => (Capability::State, plugin.manifest.kind),
         };
@@ -100,7 +108,7 @@ impl HostState {
                 self.env.connection(conn)?;
                 self.granted_connection(conn)?;
             }
-            Access::Http(conn) => {
+            Access::Http(conn) | Access::Amqp(conn) => {
                 let connection = self.env.connection(conn)?;
                 if self.env.adapter_for(connection).as_deref() != Some(name.as_str()) {
                     return Err(WitError::Denied(format!(

@@ -36,6 +36,13 @@ enum Op {
         name: String,
         value: u64,
     },
+    /// Receive up to `max` from `from`, publish them unchanged to `to`, then ack them.
+    Move {
+        connection: String,
+        from: String,
+        to: String,
+        max: u32,
+    },
     StateSet {
         key: String,
         value: String,
@@ -114,6 +121,27 @@ fn run_op(op: Op) -> Result<Value, Error> {
                 .map(|m| String::from_utf8_lossy(&m.body).into_owned())
                 .collect();
             json!(bodies)
+        }
+        Op::Move {
+            connection,
+            from,
+            to,
+            max,
+        } => {
+            let msgs = broker::receive(&connection, &from, max, 1_000)?;
+            let out: Vec<Outgoing> = msgs
+                .iter()
+                .map(|m| Outgoing {
+                    destination: to.clone(),
+                    key: None,
+                    body: m.body.clone(),
+                    headers: m.headers.clone(),
+                })
+                .collect();
+            broker::publish(&connection, &out)?;
+            let handles: Vec<u64> = msgs.iter().map(|m| m.handle).collect();
+            broker::settle(&connection, &handles, Settlement::Ack)?;
+            json!(msgs.len())
         }
         Op::SetLimit {
             connection,

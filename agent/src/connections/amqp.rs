@@ -1,0 +1,292 @@
+//! AMQP 0-9-1 over lapin: one connection per configured connection, shared by every call, and
+//! one confirm-mode channel per adapter instance.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::Confirmation;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Consumer};
+use reqwest::Url;
+
+use crate::host::WitError;
+use crate::host::bindings::adapter::qmedic::plugin::amqp::{Delivery, Publishing, QueueInfo};
+
+/// After the first message of a batch, how long `consume` waits for each further one.
+const BATCH_LINGER: Duration = Duration::from_millis(2);
+/// Smallest prefetch of a consumer: a channel's unacknowledged messages count against it, so a
+/// small first batch must not starve later, larger ones.
+const MIN_PREFETCH: u16 = 1_000;
+
+/// The AMQP side of a connection: its address with credentials, and the live connection.
+pub(crate) struct AmqpPool {
+    url: Option<String>,
+    connection: tokio::sync::Mutex<Option<lapin::Connection>>,
+}
+
+impl AmqpPool {
+    /// `url` is the connection's `amqp://` or `amqps://` address; credentials from the config are
+    /// put into it here, never shown to plugins.
+    pub(crate) fn new(
+        url: Option<&str>,
+        username: Option<&str>,
+        password: Option<&str>,
+    ) -> Result<Self, String> {
+        let url = match url {
+            Some(u) if u.starts_with("amqp://") || u.starts_with("amqps://") => {
+                let mut parsed =
+                    Url::parse(u).map_err(|e| format!("url `{u}` is not a URL: {e}"))?;
+                if let Some(user) = username {
+                    parsed
+                        .set_username(user)
+                        .map_err(|()| format!("url `{u}` cannot carry a username"))?;
+                    parsed
+                        .set_password(password)
+                        .map_err(|()| format!("url `{u}` cannot carry a password"))?;
+                }
+                Some(parsed.to_string())
+            }
+            _ => None,
+        };
+        Ok(AmqpPool {
+            url,
+            connection: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    /// A new channel in confirm mode, connecting (again) when needed.
+    pub(crate) async fn channel(&self, conn: &str) -> Result<Channel, WitError> {
+        let url = self.url.as_deref().ok_or_else(|| {
+            WitError::Invalid(format!(
+                "connection `{conn}` has no amqp:// url; set `url` in the config"
+            ))
+        })?;
+        let mut guard = self.connection.lock().await;
+        let usable = guard.as_ref().is_some_and(|c| c.status().connected());
+        if !usable {
+            let connection =
+                lapin::Connection::connect(url, lapin::ConnectionProperties::default())
+                    .await
+                    .map_err(|e| unavailable(conn, "cannot connect", &e))?;
+            *guard = Some(connection);
+        }
+        let Some(connection) = guard.as_ref() else {
+            return Err(WitError::Internal(format!("connection `{conn}` vanished")));
+        };
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|e| unavailable(conn, "cannot open a channel", &e))?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| unavailable(conn, "cannot enable publisher confirms", &e))?;
+        Ok(channel)
+    }
+}
+
+/// One adapter instance's channel on one connection, with its consumers.
+pub(crate) struct AmqpSession {
+    channel: Channel,
+    consumers: HashMap<String, Consumer>,
+}
+
+impl AmqpSession {
+    pub(crate) fn new(channel: Channel) -> Self {
+        AmqpSession {
+            channel,
+            consumers: HashMap::new(),
+        }
+    }
+
+    /// Whether the broker closed the channel (after an error such as a missing queue).
+    pub(crate) fn is_closed(&self) -> bool {
+        !self.channel.status().connected()
+    }
+
+    pub(crate) async fn declare_passive(
+        &self,
+        conn: &str,
+        queue: &str,
+    ) -> Result<QueueInfo, WitError> {
+        let options = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let q = self
+            .channel
+            .queue_declare(queue.into(), options, FieldTable::default())
+            .await
+            .map_err(|e| broker_error(conn, &format!("queue `{queue}`"), &e))?;
+        Ok(QueueInfo {
+            messages: q.message_count(),
+            consumers: q.consumer_count(),
+        })
+    }
+
+    pub(crate) async fn consume(
+        &mut self,
+        conn: &str,
+        queue: &str,
+        max: u32,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>, WitError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        if !self.consumers.contains_key(queue) {
+            let prefetch = u16::try_from(max).unwrap_or(u16::MAX).max(MIN_PREFETCH);
+            self.channel
+                .basic_qos(prefetch, BasicQosOptions::default())
+                .await
+                .map_err(|e| broker_error(conn, "basic.qos", &e))?;
+            let consumer = self
+                .channel
+                .basic_consume(
+                    queue.into(),
+                    "".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| broker_error(conn, &format!("consuming from `{queue}`"), &e))?;
+            self.consumers.insert(queue.to_string(), consumer);
+        }
+        let Some(consumer) = self.consumers.get_mut(queue) else {
+            return Err(WitError::Internal(format!(
+                "consumer for `{queue}` vanished"
+            )));
+        };
+        let mut out = Vec::new();
+        let mut linger = wait;
+        while out.len() < max as usize {
+            match tokio::time::timeout(linger, consumer.next()).await {
+                Err(_) | Ok(None) => break,
+                Ok(Some(Err(e))) => {
+                    return Err(broker_error(conn, &format!("consuming from `{queue}`"), &e));
+                }
+                Ok(Some(Ok(d))) => {
+                    out.push(Delivery {
+                        tag: d.delivery_tag,
+                        exchange: d.exchange.to_string(),
+                        routing_key: d.routing_key.to_string(),
+                        redelivered: d.redelivered,
+                        properties: serde_json::to_string(&d.properties)
+                            .unwrap_or_else(|_| "{}".into()),
+                        body: d.data,
+                    });
+                    linger = BATCH_LINGER;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub(crate) async fn publish(&self, conn: &str, msgs: Vec<Publishing>) -> Result<(), WitError> {
+        let mut confirms = Vec::with_capacity(msgs.len());
+        for (i, m) in msgs.into_iter().enumerate() {
+            let properties: BasicProperties = if m.properties.trim().is_empty() {
+                BasicProperties::default()
+            } else {
+                serde_json::from_str(&m.properties).map_err(|e| {
+                    WitError::Invalid(format!(
+                        "message {i}: properties are not AMQP properties JSON: {e}"
+                    ))
+                })?
+            };
+            let options = BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            };
+            let confirm = self
+                .channel
+                .basic_publish(
+                    m.exchange.as_str().into(),
+                    m.routing_key.as_str().into(),
+                    options,
+                    &m.body,
+                    properties,
+                )
+                .await
+                .map_err(|e| broker_error(conn, "basic.publish", &e))?;
+            confirms.push((i, m.exchange, m.routing_key, confirm));
+        }
+        for (i, exchange, key, confirm) in confirms {
+            let outcome = confirm
+                .await
+                .map_err(|e| broker_error(conn, "waiting for publisher confirms", &e))?;
+            let target = format!("exchange `{exchange}` with routing key `{key}`");
+            match outcome {
+                Confirmation::Ack(None) => {}
+                Confirmation::Ack(Some(_)) => {
+                    return Err(WitError::Invalid(format!(
+                        "message {i} to {target} was returned unroutable: no queue is bound for it"
+                    )));
+                }
+                Confirmation::Nack(_) => {
+                    return Err(WitError::Unavailable(format!(
+                        "the broker refused to store message {i} to {target}"
+                    )));
+                }
+                Confirmation::NotRequested => {
+                    return Err(WitError::Internal(
+                        "publisher confirms are not enabled on the channel".into(),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn ack(&self, conn: &str, tags: &[u64]) -> Result<(), WitError> {
+        for tag in tags {
+            self.channel
+                .basic_ack(*tag, BasicAckOptions::default())
+                .await
+                .map_err(|e| broker_error(conn, "basic.ack", &e))?;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn nack(
+        &self,
+        conn: &str,
+        tags: &[u64],
+        requeue: bool,
+    ) -> Result<(), WitError> {
+        for tag in tags {
+            let options = BasicNackOptions {
+                multiple: false,
+                requeue,
+            };
+            self.channel
+                .basic_nack(*tag, options)
+                .await
+                .map_err(|e| broker_error(conn, "basic.nack", &e))?;
+        }
+        Ok(())
+    }
+}
+
+fn unavailable(conn: &str, what: &str, e: &lapin::Error) -> WitError {
+    WitError::Unavailable(format!("connection `{conn}`: {what}: {e}"))
+}
+
+/// A broker error as the WIT error it means: a missing queue is `not-found`, access is
+/// `denied`, a dropped connection `unavailable`.
+fn broker_error(conn: &str, what: &str, e: &lapin::Error) -> WitError {
+    let text = e.to_string();
+    let message = format!("connection `{conn}`: {what}: {text}");
+    if text.contains("NOT_FOUND") || text.contains("404") {
+        WitError::NotFound(message)
+    } else if text.contains("ACCESS_REFUSED") || text.contains("403") {
+        WitError::Denied(message)
+    } else {
+        WitError::Unavailable(message)
+    }
+}
