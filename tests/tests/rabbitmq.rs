@@ -248,3 +248,204 @@ async fn a_moved_message_keeps_its_body_properties_and_typed_headers() {
         "properties and typed headers survive the move"
     );
 }
+
+/// Call the management API with curl; the body of the answer.
+fn management(method: &str, path: &str, body: Option<&Value>) -> String {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args([
+        "-fsS",
+        "-u",
+        "guest:guest",
+        "-X",
+        method,
+        "-H",
+        "content-type: application/json",
+    ]);
+    if let Some(body) = body {
+        cmd.args(["-d", &body.to_string()]);
+    }
+    let out = cmd
+        .arg(format!("http://127.0.0.1:15672/api{path}"))
+        .output()
+        .expect("curl");
+    assert!(
+        out.status.success(),
+        "{method} {path}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+async fn fresh_queue(channel: &Channel, name: &str, arguments: FieldTable) -> String {
+    let name = format!("qmedic-test.{name}");
+    channel
+        .queue_delete(name.as_str().into(), Default::default())
+        .await
+        .expect("delete");
+    channel
+        .queue_declare(
+            name.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            arguments,
+        )
+        .await
+        .expect("declare");
+    name
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_lettered_message_names_its_origin() {
+    let (_conn, ch) = channel().await;
+    let dlq = fresh_queue(&ch, "orders.dlq", FieldTable::default()).await;
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString("".into()),
+    );
+    args.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(dlq.as_str().into()),
+    );
+    let orders = fresh_queue(&ch, "orders", args).await;
+    for i in 0..3 {
+        ch.basic_publish(
+            "".into(),
+            orders.as_str().into(),
+            BasicPublishOptions::default(),
+            format!("o{i}").as_bytes(),
+            BasicProperties::default(),
+        )
+        .await
+        .expect("publish");
+    }
+    // A consumer rejects them without requeue: RabbitMQ dead-letters them with x-death.
+    let mut consumer = ch
+        .basic_consume(
+            orders.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    for _ in 0..3 {
+        let d = tokio::time::timeout(Duration::from_secs(5), consumer.next())
+            .await
+            .expect("delivery")
+            .expect("stream")
+            .expect("ok");
+        d.reject(lapin::options::BasicRejectOptions { requeue: false })
+            .await
+            .expect("reject");
+    }
+    let started = Instant::now();
+    while depth(&ch, &dlq).await < 3 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "messages never reached the DLQ"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let rt = agent("http://127.0.0.1:15672/api");
+    let r = probe(&rt, json!([{ "op": "receive-settle", "connection": "rabbit", "queue": dlq, "max": 10, "how": "requeue", "detail": true }]))
+        .await
+        .expect("receive");
+    let msgs = r[0].as_array().expect("messages");
+    assert_eq!(msgs.len(), 3);
+    for m in msgs {
+        assert_eq!(m["origin"], json!(orders), "{m}");
+        let headers: Vec<(String, String)> =
+            serde_json::from_value(m["headers"].clone()).expect("headers");
+        assert!(
+            headers.contains(&("x-death.exchange".into(), String::new())),
+            "{headers:?}"
+        );
+        assert!(
+            headers.contains(&("x-death.routing-keys".into(), format!("[\"{orders}\"]"))),
+            "{headers:?}"
+        );
+    }
+    // Requeued messages the adapter's consumer had prefetched return when its channel closes.
+    let started = Instant::now();
+    while depth(&ch, &dlq).await != 3 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "requeued messages must all return"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_limit_adds_a_policy_that_keeps_the_one_in_effect() {
+    let (_conn, ch) = channel().await;
+    let q = fresh_queue(&ch, "limited", FieldTable::default()).await;
+    let ops_policy = json!({ "pattern": "^qmedic-test\\.limited$", "definition": { "message-ttl": 600000 }, "priority": 5, "apply-to": "queues" });
+    management("PUT", "/policies/%2F/qmedic-test-ops", Some(&ops_policy));
+
+    let rt = agent("http://127.0.0.1:15672/api");
+    // The operator's policy must be in effect before qmedic copies it.
+    let started = Instant::now();
+    while !management("GET", &format!("/queues/%2F/{q}"), None)
+        .contains("\"policy\":\"qmedic-test-ops\"")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "operator policy never applied"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    probe(&rt, json!([{ "op": "set-limit", "connection": "rabbit", "queue": q, "name": "max-length", "value": 10 }]))
+        .await
+        .expect("set-limit");
+    let started = Instant::now();
+    loop {
+        let info: Value =
+            serde_json::from_str(&management("GET", &format!("/queues/%2F/{q}"), None))
+                .expect("JSON");
+        if info["policy"] == json!(format!("qmedic.{q}")) {
+            assert_eq!(
+                info["effective_policy_definition"],
+                json!({ "message-ttl": 600000, "max-length": 10 })
+            );
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "qmedic policy never applied: {info}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for i in 0..15 {
+        ch.basic_publish(
+            "".into(),
+            q.as_str().into(),
+            BasicPublishOptions::default(),
+            format!("{i}").as_bytes(),
+            BasicProperties::default(),
+        )
+        .await
+        .expect("publish");
+    }
+    let started = Instant::now();
+    while depth(&ch, &q).await != 10 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "max-length 10 not enforced"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let msg = failure("invalid", probe(&rt, json!([{ "op": "set-limit", "connection": "rabbit", "queue": q, "name": "prefetch", "value": 5 }])).await);
+    assert!(
+        msg.contains("basic.qos") && msg.contains("max-length"),
+        "{msg}"
+    );
+
+    management("DELETE", "/policies/%2F/qmedic-test-ops", None);
+    management("DELETE", &format!("/policies/%2F/qmedic.{q}"), None);
+}

@@ -12,6 +12,15 @@
 //!   as strings.
 //! - `settle`: ack, requeue (nack with requeue) or dead-letter (nack without requeue, which
 //!   RabbitMQ routes to the queue's dead-letter exchange).
+//! - `origin` of a dead-lettered message is the queue named by the newest `x-death` entry:
+//!   publishing there through the default exchange reaches that queue alone, where going back
+//!   through the original exchange would copy the message to every other queue bound to it.
+//!   The entry's exchange and routing keys are in the `x-death.exchange` and
+//!   `x-death.routing-keys` headers.
+//! - `set-limit` sets server-side queue limits (`max-length`, `max-length-bytes`,
+//!   `delivery-limit`, `message-ttl`, `expires`) with a policy named `qmedic.<queue>` that copies
+//!   the policy already in effect and outranks it, so existing settings (dead-lettering, ...)
+//!   are kept.
 //!
 //! Queues are on the default virtual host `/`.
 
@@ -24,6 +33,15 @@ use serde_json::{Map, Value, json};
 
 /// The header carrying a message's full AMQP properties as JSON.
 const PROPERTIES_HEADER: &str = "amqp.properties";
+
+/// Queue limits RabbitMQ enforces on the server, settable by policy.
+const LIMITS: &[&str] = &[
+    "max-length",
+    "max-length-bytes",
+    "delivery-limit",
+    "message-ttl",
+    "expires",
+];
 
 fn percent_encode(s: &str) -> String {
     s.bytes()
@@ -38,11 +56,21 @@ fn percent_encode(s: &str) -> String {
 
 /// GET a management API path as JSON; `None` when the API cannot be reached at all.
 fn management(conn: &str, path: &str) -> Result<Option<Value>, Error> {
+    call_management(conn, "GET", path, None)
+}
+
+/// Call the management API; `None` when it cannot be reached at all.
+fn call_management(
+    conn: &str,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<Option<Value>, Error> {
     let request = Request {
-        method: "GET".into(),
+        method: method.into(),
         path: path.into(),
-        headers: vec![],
-        body: vec![],
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: body.map(|b| b.to_string().into_bytes()).unwrap_or_default(),
     };
     let response = match send(conn, &request) {
         Ok(r) => r,
@@ -55,6 +83,7 @@ fn management(conn: &str, path: &str) -> Result<Option<Value>, Error> {
         Err(e) => return Err(e),
     };
     match response.status {
+        201 | 204 => Ok(Some(Value::Null)),
         200 => serde_json::from_slice(&response.body)
             .map(Some)
             .map_err(|e| {
@@ -110,6 +139,53 @@ fn header_text(value: &Value) -> String {
         },
         other => other.to_string(),
     }
+}
+
+/// Decode a tagged AMQP value from the properties JSON: strings and numbers as JSON.
+fn plain(value: &Value) -> Value {
+    match value {
+        Value::Object(tagged) if tagged.len() == 1 => match tagged.iter().next() {
+            Some((kind, inner)) if kind == "FieldArray" => {
+                Value::Array(inner.as_array().into_iter().flatten().map(plain).collect())
+            }
+            Some((kind, inner)) if kind == "FieldTable" => plain_table(inner),
+            Some((kind, Value::Array(_))) if kind == "LongString" || kind == "ByteArray" => {
+                Value::String(header_text(value))
+            }
+            Some((_, inner)) => inner.clone(),
+            None => Value::Null,
+        },
+        other => other.clone(),
+    }
+}
+
+fn plain_table(table: &Value) -> Value {
+    Value::Object(
+        table
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), plain(v)))
+            .collect(),
+    )
+}
+
+/// The newest `x-death` entry of a message's headers, decoded.
+fn last_death(properties: &Value) -> Option<Value> {
+    let deaths = plain(properties.pointer("/headers/x-death")?);
+    deaths.as_array()?.first().cloned()
+}
+
+fn escape_regex(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let special = "\\.+*?()|[]{}^$".contains(c);
+            special
+                .then_some('\\')
+                .into_iter()
+                .chain(std::iter::once(c))
+        })
+        .collect()
 }
 
 struct RabbitMq;
@@ -178,6 +254,20 @@ impl Adapter for RabbitMq {
                     .flatten()
                     .map(|(k, v)| (k.clone(), header_text(v)))
                     .collect();
+                let death = last_death(&props);
+                if let Some(death) = &death {
+                    for (key, field) in [
+                        ("x-death.exchange", "exchange"),
+                        ("x-death.routing-keys", "routing-keys"),
+                    ] {
+                        if let Some(v) = death.get(field) {
+                            headers.push((
+                                key.into(),
+                                v.as_str().map_or_else(|| v.to_string(), str::to_string),
+                            ));
+                        }
+                    }
+                }
                 headers.push((PROPERTIES_HEADER.into(), d.properties.clone()));
                 Message {
                     handle: d.tag,
@@ -188,7 +278,9 @@ impl Adapter for RabbitMq {
                     body: d.body,
                     headers,
                     deliveries: 1 + u32::from(d.redelivered),
-                    origin: None,
+                    origin: death
+                        .as_ref()
+                        .and_then(|x| x.get("queue")?.as_str().map(str::to_string)),
                 }
             })
             .collect())
@@ -216,7 +308,8 @@ impl Adapter for RabbitMq {
                     .cloned()
                     .unwrap_or_default();
                 for (k, v) in &m.headers {
-                    if k == PROPERTIES_HEADER {
+                    if k == PROPERTIES_HEADER || k.starts_with("x-death.") || k.starts_with("x-") {
+                        // x- headers are RabbitMQ's; 4.x ignores client-set ones anyway.
                         continue;
                     }
                     // Keep a header's original AMQP type unless the action changed its value.
@@ -244,11 +337,65 @@ impl Adapter for RabbitMq {
         }
     }
 
-    fn set_limit(_conn: String, _queue: String, name: String, _value: u64) -> Result<(), Error> {
-        Err(Error::invalid(format!(
-            "RabbitMQ has no server-side knob `{name}` that this adapter sets yet; prefetch is set by \
-             the consumer (basic.qos)"
-        )))
+    fn set_limit(conn: String, queue: String, name: String, value: u64) -> Result<(), Error> {
+        if !LIMITS.contains(&name.as_str()) {
+            let hint = if name == "prefetch" {
+                "prefetch is set by each consumer (basic.qos), not by the server; "
+            } else {
+                ""
+            };
+            return Err(Error::invalid(format!(
+                "RabbitMQ has no server-side limit `{name}`; {hint}it has {}",
+                LIMITS.join(", ")
+            )));
+        }
+        let encoded = percent_encode(&queue);
+        let Some(q) = management(&conn, &format!("/queues/%2F/{encoded}"))? else {
+            return Err(Error::Unavailable(format!(
+                "setting `{name}` on `{queue}` needs the management API on `{conn}`; set its http_url"
+            )));
+        };
+        // Only one policy applies to a queue: copy the one in effect and outrank it.
+        let mut definition = q
+            .get("effective_policy_definition")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        let current = q
+            .get("policy")
+            .and_then(Value::as_str)
+            .filter(|p| !p.is_empty() && !p.starts_with("qmedic."));
+        let priority = match current {
+            Some(policy) => {
+                management(&conn, &format!("/policies/%2F/{}", percent_encode(policy)))?
+                    .and_then(|p| p.get("priority")?.as_i64())
+                    .unwrap_or(0)
+                    + 1
+            }
+            None => 1,
+        };
+        definition.insert(name.clone(), json!(value));
+        let policy = json!({
+            "pattern": format!("^{}$", escape_regex(&queue)),
+            "definition": definition,
+            "priority": priority,
+            "apply-to": "queues",
+        });
+        call_management(
+            &conn,
+            "PUT",
+            &format!("/policies/%2F/qmedic.{encoded}"),
+            Some(&policy),
+        )?
+        .ok_or_else(|| {
+            Error::Unavailable(format!(
+                "the management API on `{conn}` did not take the policy"
+            ))
+        })?;
+        log::info(&format!(
+            "policy qmedic.{queue}: {name} = {value} (priority {priority})"
+        ));
+        Ok(())
     }
 }
 

@@ -24,11 +24,15 @@ enum Op {
         headers: Vec<(String, String)>,
     },
     /// Receive up to `max` and settle them all in the same call.
+    /// Receive up to `max` (waiting up to a second for the first), settle them all, and
+    /// report their bodies, or with `detail` their id, origin, deliveries and headers too.
     ReceiveSettle {
         connection: String,
         queue: String,
         max: u32,
         how: String,
+        #[serde(default)]
+        detail: bool,
     },
     SetLimit {
         connection: String,
@@ -106,8 +110,9 @@ fn run_op(op: Op) -> Result<Value, Error> {
             queue,
             max,
             how,
+            detail,
         } => {
-            let msgs = broker::receive(&connection, &queue, max, 0)?;
+            let msgs = broker::receive(&connection, &queue, max, 1_000)?;
             let how = match how.as_str() {
                 "ack" => Settlement::Ack,
                 "requeue" => Settlement::Requeue,
@@ -116,11 +121,19 @@ fn run_op(op: Op) -> Result<Value, Error> {
             };
             let handles: Vec<u64> = msgs.iter().map(|m| m.handle).collect();
             broker::settle(&connection, &handles, how)?;
-            let bodies: Vec<String> = msgs
+            let reported: Vec<Value> = msgs
                 .iter()
-                .map(|m| String::from_utf8_lossy(&m.body).into_owned())
+                .map(|m| {
+                    let body = String::from_utf8_lossy(&m.body).into_owned();
+                    if detail {
+                        json!({ "id": m.id, "body": body, "origin": m.origin,
+                                "deliveries": m.deliveries, "headers": m.headers })
+                    } else {
+                        json!(body)
+                    }
+                })
                 .collect();
-            json!(bodies)
+            json!(reported)
         }
         Op::Move {
             connection,
