@@ -1,8 +1,10 @@
 //! The RabbitMQ adapter: broker-neutral `broker` calls in RabbitMQ's terms.
 //!
-//! - `stats` reads `/api/queues/%2F/{queue}` from the management API through the connection's
-//!   `http_url`; when that is unreachable it falls back to a passive declare and says so in the
-//!   stats (`extra` holds `source.passive-declare = 1`).
+//! - `stats` takes ready messages and consumers from a passive declare (live) and rates,
+//!   unacknowledged counts and the dead-letter target from `/api/queues/%2F/{queue}` in the
+//!   management API (through the connection's `http_url`), whose figures lag by its refresh
+//!   interval. Without the API it says so in the stats (`extra` holds
+//!   `source.passive-declare = 1`).
 //! - `receive` consumes with a prefetch of the batch size; messages stay unacknowledged until
 //!   `settle`. Each message carries its AMQP properties, typed headers included, in the
 //!   `amqp.properties` header, and its string headers as plain headers.
@@ -192,36 +194,60 @@ struct RabbitMq;
 
 impl Adapter for RabbitMq {
     fn stats(conn: String, queue: String) -> Result<QueueStats, Error> {
-        if let Some(q) = management(&conn, &format!("/queues/%2F/{}", percent_encode(&queue)))? {
-            let dead_letter = q
-                .pointer("/arguments/x-dead-letter-routing-key")
-                .or_else(|| q.pointer("/arguments/x-dead-letter-exchange"))
-                .and_then(Value::as_str)
-                .map(str::to_string);
-            return Ok(QueueStats {
-                depth: number(&q, &["messages_ready"]).unwrap_or(0.0) as u64,
-                in_flight: number(&q, &["messages_unacknowledged"]).unwrap_or(0.0) as u64,
-                consumers: number(&q, &["consumers"]).map(|c| c as u32),
+        // The passive declare is live; the management API's figures lag by its refresh
+        // interval (5 s by default), so ready messages and consumers come from the declare,
+        // rates and unacknowledged counts from the API.
+        let live = match amqp::declare_passive(&conn, &queue) {
+            Ok(info) => Some(info),
+            Err(Error::Unavailable(e)) => {
+                log::warn(&format!(
+                    "AMQP not usable on `{conn}` ({e}); stats from the management API only"
+                ));
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        let managed = management(&conn, &format!("/queues/%2F/{}", percent_encode(&queue)))?;
+        match (managed, live) {
+            (Some(q), live) => {
+                let dead_letter = q
+                    .pointer("/arguments/x-dead-letter-routing-key")
+                    .or_else(|| q.pointer("/arguments/x-dead-letter-exchange"))
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
+                Ok(QueueStats {
+                    depth: live.as_ref().map_or_else(
+                        || number(&q, &["messages_ready"]).unwrap_or(0.0) as u64,
+                        |l| u64::from(l.messages),
+                    ),
+                    in_flight: number(&q, &["messages_unacknowledged"]).unwrap_or(0.0) as u64,
+                    consumers: live
+                        .as_ref()
+                        .map(|l| l.consumers)
+                        .or_else(|| number(&q, &["consumers"]).map(|c| c as u32)),
+                    oldest_age_ms: None,
+                    publish_rate: number(&q, &["message_stats", "publish_details", "rate"]),
+                    ack_rate: number(&q, &["message_stats", "ack_details", "rate"]),
+                    redelivered: number(&q, &["message_stats", "redeliver"]).map(|r| r as u64),
+                    dead_letter,
+                    extra: vec![("messages".into(), number(&q, &["messages"]).unwrap_or(0.0))],
+                })
+            }
+            (None, Some(info)) => Ok(QueueStats {
+                depth: u64::from(info.messages),
+                in_flight: 0,
+                consumers: Some(info.consumers),
                 oldest_age_ms: None,
-                publish_rate: number(&q, &["message_stats", "publish_details", "rate"]),
-                ack_rate: number(&q, &["message_stats", "ack_details", "rate"]),
-                redelivered: number(&q, &["message_stats", "redeliver"]).map(|r| r as u64),
-                dead_letter,
-                extra: vec![("messages".into(), number(&q, &["messages"]).unwrap_or(0.0))],
-            });
+                publish_rate: None,
+                ack_rate: None,
+                redelivered: None,
+                dead_letter: None,
+                extra: vec![("source.passive-declare".into(), 1.0)],
+            }),
+            (None, None) => Err(Error::Unavailable(format!(
+                "neither AMQP nor the management API answered for `{queue}` on `{conn}`"
+            ))),
         }
-        let info = amqp::declare_passive(&conn, &queue)?;
-        Ok(QueueStats {
-            depth: u64::from(info.messages),
-            in_flight: 0,
-            consumers: Some(info.consumers),
-            oldest_age_ms: None,
-            publish_rate: None,
-            ack_rate: None,
-            redelivered: None,
-            dead_letter: None,
-            extra: vec![("source.passive-declare".into(), 1.0)],
-        })
     }
 
     fn list(conn: String, pattern: String) -> Result<Vec<String>, Error> {

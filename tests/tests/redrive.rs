@@ -1,0 +1,344 @@
+//! The broker-neutral `reprocess-dlq` action: through the in-memory adapter (fast, exact) and
+//! against the real RabbitMQ server.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, BasicRejectOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use qmedic::Runtime;
+use qmedic_tests::{failure, plugin_entry, runtime};
+use serde_json::{Value, json};
+
+async fn call(rt: &Runtime, plugin: &str, params: Value) -> Result<Value, qmedic::CallError> {
+    let report = rt.call_action(plugin, &params.to_string()).await.outcome?;
+    Ok(serde_json::from_str(&report).expect("JSON report"))
+}
+
+fn memory_agent() -> Runtime {
+    runtime(&format!(
+        "connections:\n  mem: {{ kind: memory }}\nplugins:\n{}{}",
+        plugin_entry("memory-adapter", ""),
+        plugin_entry("broker-probe", "connections: [mem]"),
+    ))
+}
+
+async fn publish(rt: &Runtime, queue: &str, bodies: Vec<String>, headers: Value) {
+    let step = json!({ "op": "publish", "connection": "mem", "queue": queue, "bodies": bodies, "headers": headers });
+    call(rt, "broker-probe", json!({ "steps": [step] }))
+        .await
+        .expect("publish");
+}
+
+async fn drain(rt: &Runtime, queue: &str) -> Vec<Value> {
+    let step = json!({ "op": "receive-settle", "connection": "mem", "queue": queue, "max": 10_000, "how": "ack", "detail": true });
+    let r = call(rt, "broker-probe", json!({ "steps": [step] }))
+        .await
+        .expect("drain");
+    r["results"][0].as_array().expect("messages").clone()
+}
+
+/// Make `queue` exist on the in-memory broker, empty.
+async fn create(rt: &Runtime, queue: &str) {
+    publish(rt, queue, vec!["seed".into()], json!([])).await;
+    drain(rt, queue).await;
+}
+
+#[tokio::test]
+async fn moves_every_message_once_and_counts_its_redrives() {
+    let rt = memory_agent();
+    create(&rt, "orders").await;
+    publish(
+        &rt,
+        "orders.dlq",
+        (0..250).map(|i| format!("m{i}")).collect(),
+        json!([["trace", "t"]]),
+    )
+    .await;
+    let report = call(
+        &rt,
+        "reprocess-dlq",
+        json!({ "connection": "mem", "queue": "orders.dlq", "to": "orders", "batch": 40 }),
+    )
+    .await
+    .expect("redrive");
+    assert_eq!(
+        (
+            report["moved"].as_u64(),
+            report["parked"].as_u64(),
+            report["skipped"].as_u64()
+        ),
+        (Some(250), Some(0), Some(0))
+    );
+    assert_eq!(report["destinations"], json!({ "orders": 250 }));
+    let moved = drain(&rt, "orders").await;
+    let bodies: BTreeSet<String> = moved
+        .iter()
+        .map(|m| m["body"].as_str().expect("body").to_string())
+        .collect();
+    assert_eq!(bodies, (0..250).map(|i| format!("m{i}")).collect());
+    for m in &moved {
+        let headers: Vec<(String, String)> =
+            serde_json::from_value(m["headers"].clone()).expect("headers");
+        assert!(
+            headers.contains(&("trace".into(), "t".into())),
+            "{headers:?}"
+        );
+        assert!(
+            headers.contains(&("qmedic-redrives".into(), "1".into())),
+            "{headers:?}"
+        );
+    }
+    assert!(drain(&rt, "orders.dlq").await.is_empty());
+}
+
+#[tokio::test]
+async fn a_message_past_max_redrives_is_parked_and_max_bounds_a_run() {
+    let rt = memory_agent();
+    create(&rt, "q").await;
+    publish(
+        &rt,
+        "q.dlq",
+        vec!["tired".into()],
+        json!([["qmedic-redrives", "3"]]),
+    )
+    .await;
+    publish(
+        &rt,
+        "q.dlq",
+        (0..10).map(|i| format!("fresh{i}")).collect(),
+        json!([]),
+    )
+    .await;
+    let report = call(
+        &rt,
+        "reprocess-dlq",
+        json!({ "connection": "mem", "queue": "q.dlq", "to": "q", "max-redrives": 3, "max": 6 }),
+    )
+    .await
+    .expect("redrive");
+    assert_eq!(report["parked"], 1);
+    assert_eq!(report["moved"], 5, "max counts every message handled");
+    assert_eq!(drain(&rt, "q.dlq.parking").await.len(), 1);
+    assert_eq!(drain(&rt, "q").await.len(), 5);
+    assert_eq!(
+        drain(&rt, "q.dlq").await.len(),
+        5,
+        "the rest wait for the next run"
+    );
+}
+
+#[tokio::test]
+async fn dry_run_changes_nothing() {
+    let rt = memory_agent();
+    create(&rt, "d").await;
+    publish(
+        &rt,
+        "d.dlq",
+        (0..20).map(|i| format!("{i}")).collect(),
+        json!([]),
+    )
+    .await;
+    let report = call(
+        &rt,
+        "reprocess-dlq",
+        json!({ "connection": "mem", "queue": "d.dlq", "to": "d", "dry-run": true }),
+    )
+    .await
+    .expect("dry run");
+    assert_eq!(report["moved"], 20);
+    assert_eq!(report["dry-run"], true);
+    assert!(drain(&rt, "d").await.is_empty());
+}
+
+#[tokio::test]
+async fn bad_parameters_are_invalid() {
+    let rt = memory_agent();
+    let msg = failure(
+        "invalid",
+        call(
+            &rt,
+            "reprocess-dlq",
+            json!({ "connection": "mem", "queue": "x", "rat": 5 }),
+        )
+        .await,
+    );
+    assert!(msg.contains("unknown field `rat`"), "{msg}");
+    let msg = failure(
+        "invalid",
+        call(
+            &rt,
+            "reprocess-dlq",
+            json!({ "connection": "mem", "queue": "x", "rate": -1 }),
+        )
+        .await,
+    );
+    assert!(msg.contains("rate must be a positive"), "{msg}");
+}
+
+const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+async fn fresh_queue(channel: &Channel, name: &str, arguments: FieldTable) -> String {
+    channel
+        .queue_delete(name.into(), Default::default())
+        .await
+        .expect("delete");
+    channel
+        .queue_declare(
+            name.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            arguments,
+        )
+        .await
+        .expect("declare");
+    name.to_string()
+}
+
+async fn depth(channel: &Channel, queue: &str) -> u32 {
+    let options = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(queue.into(), options, FieldTable::default())
+        .await
+        .expect("passive")
+        .message_count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_lettered_rabbitmq_messages_go_home_exactly_once() {
+    const N: usize = 1_000;
+    let conn = Connection::connect(AMQP, ConnectionProperties::default())
+        .await
+        .expect("RabbitMQ");
+    let ch = conn.create_channel().await.expect("channel");
+    let dlq = fresh_queue(&ch, "qmedic-test.redrive.dlq", FieldTable::default()).await;
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString("".into()),
+    );
+    args.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(dlq.as_str().into()),
+    );
+    let orders = fresh_queue(&ch, "qmedic-test.redrive", args).await;
+    for i in 0..N {
+        let props =
+            BasicProperties::default().with_message_id(ShortString::from(format!("id-{i}")));
+        ch.basic_publish(
+            "".into(),
+            orders.as_str().into(),
+            BasicPublishOptions::default(),
+            format!("body-{i}").as_bytes(),
+            props,
+        )
+        .await
+        .expect("publish");
+    }
+    // A failing consumer rejects everything: RabbitMQ dead-letters it.
+    let mut consumer = ch
+        .basic_consume(
+            orders.as_str().into(),
+            "failing".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    for _ in 0..N {
+        let d = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+            .await
+            .expect("delivery")
+            .expect("stream")
+            .expect("ok");
+        d.reject(BasicRejectOptions { requeue: false })
+            .await
+            .expect("reject");
+    }
+    ch.basic_cancel("failing".into(), Default::default())
+        .await
+        .expect("cancel");
+    let started = Instant::now();
+    while depth(&ch, &dlq).await < N as u32 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "not all dead-lettered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let rt = runtime(
+        "connections:\n  rabbit:\n    kind: rabbitmq\n    url: amqp://127.0.0.1:5672/%2f\n    http_url: http://127.0.0.1:15672/api\n    username: guest\n    password: guest\n",
+    );
+    // No consumer on the origin: refused, nothing moves.
+    let params = json!({ "connection": "rabbit", "queue": dlq, "max": 100_000, "batch": 200 });
+    let msg = failure("invalid", call(&rt, "reprocess-dlq", params.clone()).await);
+    assert!(msg.contains("has no consumers"), "{msg}");
+
+    let mut forced = params;
+    forced["force"] = json!(true);
+    let report = call(&rt, "reprocess-dlq", forced).await.expect("redrive");
+    assert_eq!(report["moved"], N as u64, "{report}");
+    assert_eq!(report["destinations"], json!({ orders.clone(): N }));
+
+    let started = Instant::now();
+    while depth(&ch, &orders).await < N as u32 || depth(&ch, &dlq).await > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "redriven messages did not all arrive"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut consumer = ch
+        .basic_consume(
+            orders.as_str().into(),
+            "check".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    let mut ids = BTreeSet::new();
+    for _ in 0..N {
+        let d = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+            .await
+            .expect("delivery")
+            .expect("stream")
+            .expect("ok");
+        let id = d
+            .properties
+            .message_id()
+            .clone()
+            .expect("message id kept")
+            .to_string();
+        assert_eq!(
+            String::from_utf8_lossy(&d.data),
+            id.replace("id-", "body-"),
+            "body kept"
+        );
+        let headers = d.properties.headers().clone().expect("headers");
+        assert!(
+            headers.inner().contains_key(&ShortString::from("x-death")),
+            "x-death kept"
+        );
+        assert_eq!(
+            headers.inner().get(&ShortString::from("qmedic-redrives")),
+            Some(&AMQPValue::LongString("1".into()))
+        );
+        ids.insert(id);
+    }
+    assert_eq!(ids.len(), N, "every id exactly once");
+    assert_eq!(depth(&ch, &dlq).await, 0);
+}
