@@ -16,10 +16,10 @@ pub mod manifest;
 pub mod runtime;
 
 pub use config::{Config, ConfigError, Limits};
-pub use host::LogLine;
+pub use host::{LogLine, Progress};
 pub use location::{Located, Location};
 pub use manifest::{Capability, Manifest, PluginKind};
 pub use runtime::{
-    Call, CallError, Grant, LoadError, Origin, Plugin, PluginFailure, PluginInfo, Runtime,
-    sha256_hex,
+    Call, CallError, Grant, LoadError, Origin, Plugin, PluginFailure, PluginInfo, QueueStats,
+    Runtime, sha256_hex,
 };

@@ -49,6 +49,48 @@ enum Command {
     /// Inspect and call plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// A queue's health, from the adapter serving the connection.
+    Stats {
+        /// A connection named in the config.
+        connection: String,
+        /// The queue (for Kafka: `topic:group`).
+        queue: String,
+    },
+    /// Move dead-lettered messages back to their origin with the reprocess-dlq plugin: publish,
+    /// wait for the broker's confirmation, then remove from the dead-letter queue.
+    Redrive(RedriveArgs),
+}
+
+#[derive(clap::Args)]
+struct RedriveArgs {
+    /// A connection named in the config.
+    connection: String,
+    /// The dead-letter queue to drain.
+    dlq: String,
+    /// Send every message here instead of to its origin.
+    #[arg(long)]
+    to: Option<String>,
+    /// Most messages to handle in this run.
+    #[arg(long, default_value_t = 1_000)]
+    max: u64,
+    /// Messages per second, at most.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Messages per confirm-then-ack round.
+    #[arg(long, default_value_t = 100)]
+    batch: u32,
+    /// Redrives after which a message is parked instead.
+    #[arg(long, default_value_t = 5)]
+    max_redrives: u32,
+    /// Where parked messages go (default `<dlq>.parking`).
+    #[arg(long)]
+    parking: Option<String>,
+    /// Report what would move; move nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Redrive into a destination that has no consumers.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Subcommand)]
@@ -117,7 +159,12 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(format: LogFormat, serving: bool) {
-    let default = if serving { "info" } else { "warn" };
+    // lapin logs a channel error that qmedic already reports as the call's error.
+    let default = if serving {
+        "info,lapin=off"
+    } else {
+        "warn,lapin=off"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("QMEDIC_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
@@ -146,6 +193,10 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
         Command::Plugin(PluginCommand::Call { plugin, input }) => {
             call(&runtime, plugin, input, cli.output).await
         }
+        Command::Stats { connection, queue } => {
+            stats(&runtime, connection, queue, cli.output).await
+        }
+        Command::Redrive(args) => redrive(&runtime, args, cli.output).await,
     }
 }
 
@@ -288,6 +339,11 @@ async fn call(runtime: &Runtime, plugin: &str, input: &str, output: Output) -> R
     let params = read_input(input)?;
     let name = resolve(runtime, plugin)?.manifest.name.clone();
     let call = runtime.call_action(&name, &params).await;
+    report(call, &name, output)
+}
+
+/// Print an action call's logs and report; map its failure to an exit code.
+fn report(call: qmedic::Call, name: &str, output: Output) -> Result<(), Failure> {
     if output == Output::Text {
         for line in &call.logs {
             eprintln!("[{} {}] {}", line.plugin, line.level, line.message);
@@ -309,16 +365,100 @@ async fn call(runtime: &Runtime, plugin: &str, input: &str, output: Output) -> R
             }
             Ok(())
         }
-        // A plugin that finds its parameters invalid reports a usage error.
-        Err(
-            e @ CallError::Plugin {
-                error: qmedic::PluginFailure::Invalid(_),
-                ..
-            },
-        ) => Err(Failure::Usage(e.to_string())),
-        Err(e @ CallError::Plugin { .. }) => Err(Failure::Failed(e.to_string())),
-        Err(e) if e.is_usage() => Err(Failure::Usage(e.to_string())),
-        Err(e) => Err(Failure::Failed(e.to_string())),
+        Err(e) => Err(call_failure(e)),
+    }
+}
+
+async fn stats(
+    runtime: &Runtime,
+    connection: &str,
+    queue: &str,
+    output: Output,
+) -> Result<(), Failure> {
+    let stats = runtime
+        .stats(connection, queue)
+        .await
+        .map_err(call_failure)?;
+    print_doc(output, &stats, || {
+        let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+        let mut out = format!("{connection} {queue}\n");
+        out += &format!(
+            "  depth:          {}\n  in-flight:      {}\n",
+            stats.depth, stats.in_flight
+        );
+        out += &format!(
+            "  consumers:      {}\n",
+            opt(stats.consumers.map(|c| c.to_string()))
+        );
+        out += &format!(
+            "  publish rate:   {}\n",
+            opt(stats.publish_rate.map(|r| format!("{r:.1}/s")))
+        );
+        out += &format!(
+            "  ack rate:       {}\n",
+            opt(stats.ack_rate.map(|r| format!("{r:.1}/s")))
+        );
+        out += &format!(
+            "  redelivered:    {}\n",
+            opt(stats.redelivered.map(|r| r.to_string()))
+        );
+        out += &format!("  dead-letters to {}\n", opt(stats.dead_letter.clone()));
+        for (k, v) in &stats.extra {
+            out += &format!("  {k}: {v}\n");
+        }
+        out
+    });
+    Ok(())
+}
+
+async fn redrive(runtime: &Runtime, a: &RedriveArgs, output: Output) -> Result<(), Failure> {
+    let params = json!({
+        "connection": a.connection, "queue": a.dlq, "to": a.to, "max": a.max, "rate": a.rate,
+        "batch": a.batch, "max-redrives": a.max_redrives, "parking": a.parking,
+        "dry-run": a.dry_run, "force": a.force,
+    });
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(a.max);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {msg} [{bar:30}] {pos}/{len} ({per_sec}, {eta})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.set_message(format!("redriving {}", a.dlq));
+        bar
+    });
+    let call = match &bar {
+        Some(bar) => {
+            let b = bar.clone();
+            let progress: qmedic::Progress =
+                std::sync::Arc::new(move |done, _| b.set_position(done));
+            runtime
+                .call_action_with_progress("reprocess-dlq", &params.to_string(), progress)
+                .await
+        }
+        None => {
+            runtime
+                .call_action("reprocess-dlq", &params.to_string())
+                .await
+        }
+    };
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    report(call, "reprocess-dlq", output)
+}
+
+/// A plugin that finds its parameters invalid, or a call to something that is not there, is a
+/// usage error; anything else failed.
+fn call_failure(e: CallError) -> Failure {
+    match e {
+        CallError::Plugin {
+            error: qmedic::PluginFailure::Invalid(_),
+            ..
+        } => Failure::Usage(e.to_string()),
+        e if e.is_usage() => Failure::Usage(e.to_string()),
+        e => Failure::Failed(e.to_string()),
     }
 }
 

@@ -291,3 +291,143 @@ fn serve_answers_health_and_plugin_list() {
             .any(|p| p["name"] == "broker-probe")
     );
 }
+
+/// Call RabbitMQ's management API with curl.
+fn rabbit_api(method: &str, path: &str) {
+    let out = Command::new("curl")
+        .args([
+            "-fsS",
+            "-u",
+            "guest:guest",
+            "-X",
+            method,
+            "-H",
+            "content-type: application/json",
+        ])
+        .args(["-d", r#"{"durable":true}"#])
+        .arg(format!("http://127.0.0.1:15672/api{path}"))
+        .output()
+        .expect("curl");
+    assert!(
+        out.status.success(),
+        "{method} {path}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn stats_and_redrive_from_the_command_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("qmedic.yaml");
+    let yaml = format!(
+        "runtime:\n  cache_dir: {}\nconnections:\n  rabbit:\n    kind: rabbitmq\n    url: amqp://127.0.0.1:5672/%2f\n    \
+         http_url: http://127.0.0.1:15672/api\n    username: guest\n    password: guest\nplugins:\n{}",
+        dir.path().join("cache").display(),
+        plugin_entry("broker-probe", "connections: [rabbit]"),
+    );
+    std::fs::write(&config, yaml).expect("config");
+    for q in ["qmedic-cli", "qmedic-cli.dlq"] {
+        let _ = Command::new("curl")
+            .args(["-fsS", "-u", "guest:guest", "-X", "DELETE"])
+            .arg(format!("http://127.0.0.1:15672/api/queues/%2F/{q}"))
+            .output();
+        rabbit_api("PUT", &format!("/queues/%2F/{q}"));
+    }
+    let bodies: Vec<String> = (0..20).map(|i| format!("m{i}")).collect();
+    let input = serde_json::json!({ "steps": [{ "op": "publish", "connection": "rabbit", "queue": "qmedic-cli.dlq", "bodies": bodies }] });
+    let out = qmedic(
+        &config,
+        &[
+            "plugin",
+            "call",
+            "broker-probe",
+            "--input",
+            &input.to_string(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    let out = qmedic(
+        &config,
+        &["stats", "rabbit", "qmedic-cli.dlq", "--output", "json"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let stats: Value = serde_json::from_str(&stdout(&out)).expect("JSON");
+    assert_eq!(stats["depth"], 20);
+    let out = qmedic(&config, &["stats", "rabbit", "qmedic-cli.dlq"]);
+    assert!(
+        stdout(&out).contains("depth:          20"),
+        "{}",
+        stdout(&out)
+    );
+
+    let out = qmedic(
+        &config,
+        &["redrive", "rabbit", "qmedic-cli.dlq", "--to", "qmedic-cli"],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "no consumers: refused as invalid"
+    );
+    assert!(
+        stderr(&out).contains("has no consumers"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = qmedic(
+        &config,
+        &[
+            "redrive",
+            "rabbit",
+            "qmedic-cli.dlq",
+            "--to",
+            "qmedic-cli",
+            "--dry-run",
+            "--output",
+            "json",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let doc: Value = serde_json::from_str(&stdout(&out)).expect("JSON");
+    assert_eq!(doc["report"]["moved"], 20);
+    assert_eq!(doc["report"]["dry-run"], true);
+    assert!(
+        doc["report"]["warnings"][0]
+            .as_str()
+            .expect("warning")
+            .contains("has no consumers")
+    );
+
+    let out = qmedic(
+        &config,
+        &[
+            "redrive",
+            "rabbit",
+            "qmedic-cli.dlq",
+            "--to",
+            "qmedic-cli",
+            "--force",
+            "--batch",
+            "7",
+            "--output",
+            "json",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let doc: Value = serde_json::from_str(&stdout(&out)).expect("JSON");
+    assert_eq!(doc["report"]["moved"], 20);
+    let out = qmedic(
+        &config,
+        &["stats", "rabbit", "qmedic-cli", "--output", "json"],
+    );
+    let stats: Value = serde_json::from_str(&stdout(&out)).expect("JSON");
+    assert_eq!(stats["depth"], 20);
+    let out = qmedic(
+        &config,
+        &["stats", "rabbit", "qmedic-cli.dlq", "--output", "json"],
+    );
+    let stats: Value = serde_json::from_str(&stdout(&out)).expect("JSON");
+    assert_eq!(stats["depth"], 0);
+}

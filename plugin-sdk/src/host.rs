@@ -41,7 +41,7 @@ pub mod clock {
 
 /// Log lines tagged with the plugin's name.
 pub mod log {
-    pub use crate::bindings::action::qmedic::plugin::log::{Level, write};
+    pub use crate::bindings::action::qmedic::plugin::log::{Level, progress, write};
 
     /// A line at `info`.
     pub fn info(msg: &str) {

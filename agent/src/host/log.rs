@@ -61,4 +61,11 @@ impl Host for HostState {
         self.push_log(level, message);
         Ok(())
     }
+
+    async fn progress(&mut self, done: u64, total: u64) -> wasmtime::Result<()> {
+        if let Some(observe) = &self.progress {
+            observe(done, (total > 0).then_some(total));
+        }
+        Ok(())
+    }
 }

@@ -26,6 +26,9 @@ use crate::connections::AmqpSession;
 use crate::manifest::{Capability, PluginKind};
 use crate::runtime::{Env, Limiter, Plugin};
 
+/// Receives `(done, total)` from a plugin's `log.progress`; `total` is `None` when unknown.
+pub type Progress = Arc<dyn Fn(u64, Option<u64>) + Send + Sync>;
+
 /// Bytes of a plugin's stdout and stderr kept per call, for its log and its error messages.
 const STDIO_CAPACITY: usize = 64 << 10;
 
@@ -39,6 +42,8 @@ pub(crate) struct HostState {
     pub(crate) logs: Vec<LogLine>,
     /// Actions only: the adapter instances this call opened, by adapter plugin name.
     pub(crate) adapters: HashMap<String, AdapterSession>,
+    /// Who wants to hear how far the call has got (`log.progress`).
+    pub(crate) progress: Option<Progress>,
     /// Adapters only: this instance's AMQP channels, by connection name.
     pub(crate) amqp: HashMap<String, AmqpSession>,
     pub(crate) stderr: MemoryOutputPipe,
@@ -79,6 +84,7 @@ impl HostState {
             logs: Vec::new(),
             adapters: HashMap::new(),
             amqp: HashMap::new(),
+            progress: None,
             stderr,
             stdout,
             wasi,

@@ -9,7 +9,7 @@ use wasmtime::{Store, Trap, UpdateDeadline};
 
 use super::limits::LimitHit;
 use super::{Env, Plugin};
-use crate::host::{HostState, LogLine, WitError};
+use crate::host::{HostState, LogLine, Progress, WitError};
 use crate::manifest::PluginKind;
 
 /// How long past its deadline a call may take before its future is dropped: the epoch check
@@ -323,10 +323,16 @@ fn panic_message(state: &HostState) -> String {
 }
 
 /// Run an action's `run` export with JSON `params`.
-pub(crate) async fn run_action(env: &Arc<Env>, plugin: Arc<Plugin>, params: &str) -> Call {
+pub(crate) async fn run_action(
+    env: &Arc<Env>,
+    plugin: Arc<Plugin>,
+    params: &str,
+    progress: Option<Progress>,
+) -> Call {
     let started = Instant::now();
     let limits = plugin.limits;
     let mut store = new_store(env, plugin.clone(), started + limits.timeout);
+    store.data_mut().progress = progress;
     let outcome = match (plugin.ensure_runnable(), plugin.action_pre()) {
         (Err(e), _) | (_, Err(e)) => Err(e),
         (Ok(()), Ok(pre)) => {
@@ -372,4 +378,93 @@ pub(crate) async fn run_action(env: &Arc<Env>, plugin: Arc<Plugin>, params: &str
         logs: std::mem::take(&mut state.logs),
         duration: started.elapsed(),
     }
+}
+
+/// Health of one queue, as an adapter reports it (the WIT `queue-stats`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct QueueStats {
+    /// Messages waiting (for Kafka: total lag).
+    pub depth: u64,
+    /// Delivered, not yet settled.
+    pub in_flight: u64,
+    /// Consumers attached, where known.
+    pub consumers: Option<u32>,
+    /// Age of the oldest waiting message, where known.
+    pub oldest_age_ms: Option<u64>,
+    /// Messages per second published, where known.
+    pub publish_rate: Option<f64>,
+    /// Messages per second acknowledged, where known.
+    pub ack_rate: Option<f64>,
+    /// Redeliveries, where known.
+    pub redelivered: Option<u64>,
+    /// Where the queue dead-letters to, where known.
+    pub dead_letter: Option<String>,
+    /// Adapter-specific figures.
+    pub extra: Vec<(String, f64)>,
+}
+
+impl From<crate::host::bindings::QueueStats> for QueueStats {
+    fn from(s: crate::host::bindings::QueueStats) -> Self {
+        QueueStats {
+            depth: s.depth,
+            in_flight: s.in_flight,
+            consumers: s.consumers,
+            oldest_age_ms: s.oldest_age_ms,
+            publish_rate: s.publish_rate,
+            ack_rate: s.ack_rate,
+            redelivered: s.redelivered,
+            dead_letter: s.dead_letter,
+            extra: s.extra,
+        }
+    }
+}
+
+/// Ask the adapter serving `conn` for `queue`'s stats, outside any action.
+pub(crate) async fn adapter_stats(
+    env: &Arc<Env>,
+    conn: &str,
+    queue: &str,
+) -> Result<QueueStats, CallError> {
+    let not_found = |msg: String| CallError::Plugin {
+        plugin: "qmedic".into(),
+        error: PluginFailure::NotFound(msg),
+    };
+    let connection = env
+        .connection(conn)
+        .map_err(|e| not_found(PluginFailure::from(e).message().to_string()))?;
+    let adapter = env.adapter_for(connection).ok_or_else(|| {
+        not_found(format!(
+            "no adapter plugin serves connection kind `{}` (connection `{conn}`)",
+            connection.kind
+        ))
+    })?;
+    let plugin = env.plugin(&adapter)?;
+    plugin.ensure_runnable()?;
+    let pre = plugin.adapter_pre()?;
+    let limits = plugin.limits;
+    let mut store = new_store(env, plugin.clone(), Instant::now() + limits.timeout);
+    let call = async {
+        let adapter = pre.instantiate_async(&mut store).await?;
+        adapter
+            .qmedic_plugin_broker()
+            .call_stats(&mut store, conn, queue)
+            .await
+    };
+    let outcome = match tokio::time::timeout(limits.timeout + GRACE, call).await {
+        Err(_) => Err(CallError::Timeout {
+            plugin: adapter.clone(),
+            limit: limits.timeout,
+        }),
+        Ok(Err(trap)) => Err(classify(&plugin, trap, store.data())),
+        Ok(Ok(Err(returned))) => Err(CallError::Plugin {
+            plugin: adapter.clone(),
+            error: returned.into(),
+        }),
+        Ok(Ok(Ok(stats))) => Ok(QueueStats::from(stats)),
+    };
+    match &outcome {
+        Ok(_) => plugin.record_success(),
+        Err(e) => plugin.record_failure(e, env.quarantine_after),
+    }
+    outcome
 }

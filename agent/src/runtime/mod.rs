@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
 
-pub use call::{Call, CallError, PluginFailure};
+pub use call::{Call, CallError, PluginFailure, QueueStats};
 pub(crate) use limits::Limiter;
 pub use plugin::{Grant, Origin, Plugin, PluginInfo};
 pub(crate) use state::StateStore;
@@ -451,13 +451,35 @@ impl Runtime {
     /// Run an action with JSON parameters and return its JSON report.
     pub async fn call_action(&self, name: &str, params: &str) -> Call {
         match self.env.plugin(name) {
-            Ok(plugin) => call::run_action(&self.env, plugin, params).await,
+            Ok(plugin) => call::run_action(&self.env, plugin, params, None).await,
             Err(e) => Call {
                 outcome: Err(e),
                 logs: Vec::new(),
                 duration: std::time::Duration::ZERO,
             },
         }
+    }
+
+    /// Like [`Runtime::call_action`], telling `progress` how far the plugin says it has got.
+    pub async fn call_action_with_progress(
+        &self,
+        name: &str,
+        params: &str,
+        progress: crate::host::Progress,
+    ) -> Call {
+        match self.env.plugin(name) {
+            Ok(plugin) => call::run_action(&self.env, plugin, params, Some(progress)).await,
+            Err(e) => Call {
+                outcome: Err(e),
+                logs: Vec::new(),
+                duration: std::time::Duration::ZERO,
+            },
+        }
+    }
+
+    /// A queue's stats from the adapter serving `connection`.
+    pub async fn stats(&self, connection: &str, queue: &str) -> Result<QueueStats, CallError> {
+        call::adapter_stats(&self.env, connection, queue).await
     }
 
     /// Load a plugin again from where it came from, ending its quarantine.

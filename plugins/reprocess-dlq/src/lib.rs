@@ -72,6 +72,9 @@ struct Report {
     rate: f64,
     /// Messages moved (or, in a dry run, to be moved) per destination.
     destinations: BTreeMap<String, u64>,
+    /// What a dry run found that would stop the real run.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<String>,
 }
 
 fn redrives(m: &Message) -> u32 {
@@ -115,10 +118,14 @@ impl Redrive {
         }
         let stats = broker::stats(&self.p.connection, dest)?;
         if stats.consumers == Some(0) {
-            return Err(Error::invalid(format!(
+            let problem = format!(
                 "`{dest}` has no consumers, so redriven messages would wait there unprocessed; \
                  start its consumers first, or pass force"
-            )));
+            );
+            if !self.p.dry_run {
+                return Err(Error::invalid(problem));
+            }
+            self.report.warnings.push(problem);
         }
         self.checked.insert(dest.to_string(), true);
         Ok(())
@@ -214,6 +221,7 @@ impl Redrive {
             for dest in moved {
                 *self.report.destinations.entry(dest).or_default() += 1;
             }
+            log::progress(handled, self.p.max);
             self.pace(started, handled);
         }
         if !held.is_empty() {
