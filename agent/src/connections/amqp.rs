@@ -1,7 +1,7 @@
 //! AMQP 0-9-1 over lapin: one connection per configured connection, shared by every call, and
 //! one confirm-mode channel per adapter instance.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -94,6 +94,9 @@ impl AmqpPool {
 pub(crate) struct AmqpSession {
     channel: Channel,
     consumers: HashMap<String, Consumer>,
+    /// Delivery tags handed out and not yet settled, so a batch can be settled with one
+    /// `multiple` frame when no other unsettled message precedes it.
+    unsettled: BTreeSet<u64>,
 }
 
 impl AmqpSession {
@@ -101,6 +104,7 @@ impl AmqpSession {
         AmqpSession {
             channel,
             consumers: HashMap::new(),
+            unsettled: BTreeSet::new(),
         }
     }
 
@@ -171,6 +175,7 @@ impl AmqpSession {
                     return Err(broker_error(conn, &format!("consuming from `{queue}`"), &e));
                 }
                 Ok(Some(Ok(d))) => {
+                    self.unsettled.insert(d.delivery_tag);
                     out.push(Delivery {
                         tag: d.delivery_tag,
                         exchange: d.exchange.to_string(),
@@ -243,31 +248,64 @@ impl AmqpSession {
         Ok(())
     }
 
-    pub(crate) async fn ack(&self, conn: &str, tags: &[u64]) -> Result<(), WitError> {
-        for tag in tags {
-            self.channel
-                .basic_ack(*tag, BasicAckOptions::default())
-                .await
-                .map_err(|e| broker_error(conn, "basic.ack", &e))?;
-        }
-        Ok(())
+    pub(crate) async fn ack(&mut self, conn: &str, tags: &[u64]) -> Result<(), WitError> {
+        self.settle(conn, tags, None).await
     }
 
     pub(crate) async fn nack(
-        &self,
+        &mut self,
         conn: &str,
         tags: &[u64],
         requeue: bool,
     ) -> Result<(), WitError> {
-        for tag in tags {
-            let options = BasicNackOptions {
-                multiple: false,
-                requeue,
+        self.settle(conn, tags, Some(requeue)).await
+    }
+
+    /// Ack (`nack: None`) or nack `tags`. When they are exactly the oldest unsettled deliveries,
+    /// one frame with `multiple` settles them all; otherwise one frame per tag.
+    async fn settle(
+        &mut self,
+        conn: &str,
+        tags: &[u64],
+        nack: Option<bool>,
+    ) -> Result<(), WitError> {
+        let Some(&last) = tags.iter().max() else {
+            return Ok(());
+        };
+        let wanted: BTreeSet<u64> = tags.iter().copied().collect();
+        let contiguous = self.unsettled.range(..=last).all(|t| wanted.contains(t));
+        let frames: Vec<(u64, bool)> = if contiguous {
+            vec![(last, true)]
+        } else {
+            wanted.iter().map(|t| (*t, false)).collect()
+        };
+        for (tag, multiple) in frames {
+            let sent = match nack {
+                None => {
+                    self.channel
+                        .basic_ack(tag, BasicAckOptions { multiple })
+                        .await
+                }
+                Some(requeue) => {
+                    self.channel
+                        .basic_nack(tag, BasicNackOptions { multiple, requeue })
+                        .await
+                }
             };
-            self.channel
-                .basic_nack(*tag, options)
-                .await
-                .map_err(|e| broker_error(conn, "basic.nack", &e))?;
+            sent.map_err(|e| {
+                broker_error(
+                    conn,
+                    if nack.is_some() {
+                        "basic.nack"
+                    } else {
+                        "basic.ack"
+                    },
+                    &e,
+                )
+            })?;
+        }
+        for tag in &wanted {
+            self.unsettled.remove(tag);
         }
         Ok(())
     }
