@@ -215,7 +215,7 @@ async fn depth(channel: &Channel, queue: &str) -> u32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_lettered_rabbitmq_messages_go_home_exactly_once() {
-    const N: usize = 1_000;
+    const N: usize = 10_000;
     let conn = Connection::connect(AMQP, ConnectionProperties::default())
         .await
         .expect("RabbitMQ");

@@ -97,14 +97,22 @@ pub(crate) struct AmqpSession {
     /// Delivery tags handed out and not yet settled, so a batch can be settled with one
     /// `multiple` frame when no other unsettled message precedes it.
     unsettled: BTreeSet<u64>,
+    /// Which channel of this instance this is. Handles carry it in their top bits, so a handle
+    /// from a channel that has since closed is refused instead of settling whatever message
+    /// has the same tag on the new channel.
+    generation: u64,
 }
 
+/// Bits of a handle that hold the delivery tag; the bits above hold the channel generation.
+const TAG_BITS: u32 = 48;
+
 impl AmqpSession {
-    pub(crate) fn new(channel: Channel) -> Self {
+    pub(crate) fn new(channel: Channel, generation: u64) -> Self {
         AmqpSession {
             channel,
             consumers: HashMap::new(),
             unsettled: BTreeSet::new(),
+            generation,
         }
     }
 
@@ -177,7 +185,7 @@ impl AmqpSession {
                 Ok(Some(Ok(d))) => {
                     self.unsettled.insert(d.delivery_tag);
                     out.push(Delivery {
-                        tag: d.delivery_tag,
+                        tag: (self.generation << TAG_BITS) | d.delivery_tag,
                         exchange: d.exchange.to_string(),
                         routing_key: d.routing_key.to_string(),
                         redelivered: d.redelivered,
@@ -266,13 +274,19 @@ impl AmqpSession {
     async fn settle(
         &mut self,
         conn: &str,
-        tags: &[u64],
+        handles: &[u64],
         nack: Option<bool>,
     ) -> Result<(), WitError> {
-        let Some(&last) = tags.iter().max() else {
+        if handles.iter().any(|h| h >> TAG_BITS != self.generation) {
+            return Err(WitError::Unavailable(format!(
+                "connection `{conn}`: these messages were received on a channel that has since \
+                 closed; the broker has returned them to their queue, so they cannot be settled"
+            )));
+        }
+        let wanted: BTreeSet<u64> = handles.iter().map(|h| h & ((1 << TAG_BITS) - 1)).collect();
+        let Some(&last) = wanted.last() else {
             return Ok(());
         };
-        let wanted: BTreeSet<u64> = tags.iter().copied().collect();
         let contiguous = self.unsettled.range(..=last).all(|t| wanted.contains(t));
         let frames: Vec<(u64, bool)> = if contiguous {
             vec![(last, true)]

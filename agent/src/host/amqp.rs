@@ -17,8 +17,9 @@ impl HostState {
         if !self.amqp.contains_key(conn) {
             let env = self.env.clone();
             let channel = env.connection(conn)?.amqp.channel(conn).await?;
-            self.amqp
-                .insert(conn.to_string(), AmqpSession::new(channel));
+            self.amqp_generation += 1;
+            let session = AmqpSession::new(channel, self.amqp_generation);
+            self.amqp.insert(conn.to_string(), session);
         }
         self.amqp
             .get_mut(conn)

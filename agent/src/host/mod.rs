@@ -46,6 +46,8 @@ pub(crate) struct HostState {
     pub(crate) progress: Option<Progress>,
     /// Adapters only: this instance's AMQP channels, by connection name.
     pub(crate) amqp: HashMap<String, AmqpSession>,
+    /// How many AMQP channels this instance has opened; tags each channel's handles.
+    pub(crate) amqp_generation: u64,
     pub(crate) stderr: MemoryOutputPipe,
     pub(crate) stdout: MemoryOutputPipe,
     wasi: WasiCtx,
@@ -84,6 +86,7 @@ impl HostState {
             logs: Vec::new(),
             adapters: HashMap::new(),
             amqp: HashMap::new(),
+            amqp_generation: 0,
             progress: None,
             stderr,
             stdout,
