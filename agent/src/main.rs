@@ -82,6 +82,10 @@ struct RedriveArgs {
     /// Redrives after which a message is parked instead.
     #[arg(long, default_value_t = 5)]
     max_redrives: u32,
+    /// Move only messages for which this Rhai expression is true (it sees `headers`, `id`,
+    /// `deliveries`, `origin`), e.g. `headers["tenant"] == "acme" && deliveries < 3`.
+    #[arg(long)]
+    filter: Option<String>,
     /// Where parked messages go (default `<dlq>.parking`).
     #[arg(long)]
     parking: Option<String>,
@@ -415,7 +419,7 @@ async fn redrive(runtime: &Runtime, a: &RedriveArgs, output: Output) -> Result<(
     let params = json!({
         "connection": a.connection, "queue": a.dlq, "to": a.to, "max": a.max, "rate": a.rate,
         "batch": a.batch, "max-redrives": a.max_redrives, "parking": a.parking,
-        "dry-run": a.dry_run, "force": a.force,
+        "dry-run": a.dry_run, "force": a.force, "filter": a.filter,
     });
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = indicatif::ProgressBar::new(a.max);

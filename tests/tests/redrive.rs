@@ -156,6 +156,59 @@ async fn dry_run_changes_nothing() {
 }
 
 #[tokio::test]
+async fn a_filter_moves_only_matching_messages() {
+    let rt = memory_agent();
+    create(&rt, "f").await;
+    publish(
+        &rt,
+        "f.dlq",
+        (0..6).map(|i| format!("a{i}")).collect(),
+        json!([["tenant", "acme"]]),
+    )
+    .await;
+    publish(
+        &rt,
+        "f.dlq",
+        (0..4).map(|i| format!("b{i}")).collect(),
+        json!([["tenant", "globex"]]),
+    )
+    .await;
+    let params = json!({ "connection": "mem", "queue": "f.dlq", "to": "f", "filter": "headers[\"tenant\"] == \"acme\" && deliveries < 5" });
+    let report = call(&rt, "reprocess-dlq", params)
+        .await
+        .expect("filtered redrive");
+    assert_eq!(
+        (report["moved"].as_u64(), report["skipped"].as_u64()),
+        (Some(6), Some(4))
+    );
+    let moved: BTreeSet<String> = drain(&rt, "f")
+        .await
+        .iter()
+        .map(|m| m["body"].as_str().expect("body").into())
+        .collect();
+    assert_eq!(moved, (0..6).map(|i| format!("a{i}")).collect());
+    assert_eq!(drain(&rt, "f.dlq").await.len(), 4, "the others stay");
+
+    let msg = failure(
+        "invalid",
+        call(
+            &rt,
+            "reprocess-dlq",
+            json!({ "connection": "mem", "queue": "f.dlq", "to": "f", "filter": "headers[" }),
+        )
+        .await,
+    );
+    assert!(msg.contains("does not parse"), "{msg}");
+    // Filters are expressions: no statements, so no loops. One that builds a huge string hits
+    // the size limit and the run fails, leaving every message.
+    publish(&rt, "f.dlq", vec!["x".into()], json!([])).await;
+    let params = json!({ "connection": "mem", "queue": "f.dlq", "to": "f", "filter": "\"a\".pad(1000000, \"b\").len() > 0" });
+    let msg = failure("invalid", call(&rt, "reprocess-dlq", params).await);
+    assert!(msg.contains("failed on message"), "{msg}");
+    assert_eq!(drain(&rt, "f.dlq").await.len(), 1);
+}
+
+#[tokio::test]
 async fn bad_parameters_are_invalid() {
     let rt = memory_agent();
     let msg = failure(

@@ -45,6 +45,10 @@ struct Params {
     /// Report what would move; move nothing.
     #[serde(default)]
     dry_run: bool,
+    /// A Rhai expression; only messages for which it is true are moved, the rest stay. It sees
+    /// `headers` (a map of strings), `id` (a string, or `()`), `deliveries` and `origin`.
+    #[serde(default)]
+    filter: Option<String>,
 }
 
 fn default_max() -> u64 {
@@ -85,6 +89,64 @@ fn redrives(m: &Message) -> u32 {
         .unwrap_or(0)
 }
 
+/// Rhai operations one filter evaluation may take before the run fails.
+const FILTER_BUDGET: u64 = 10_000;
+
+/// A compiled `filter` with its sandboxed engine.
+struct Filter {
+    engine: rhai::Engine,
+    ast: rhai::AST,
+    source: String,
+}
+
+impl Filter {
+    fn compile(source: &str) -> Result<Filter, Error> {
+        let mut engine = rhai::Engine::new();
+        engine
+            .set_max_operations(FILTER_BUDGET)
+            .set_max_expr_depths(32, 32)
+            .set_max_string_size(64 << 10);
+        let ast = engine
+            .compile_expression(source)
+            .map_err(|e| Error::invalid(format!("filter `{source}` does not parse: {e}")))?;
+        Ok(Filter {
+            engine,
+            ast,
+            source: source.to_string(),
+        })
+    }
+
+    fn matches(&self, m: &Message) -> Result<bool, Error> {
+        let headers: rhai::Map = m
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str().into(), rhai::Dynamic::from(v.clone())))
+            .collect();
+        let mut scope = rhai::Scope::new();
+        scope.push_constant("headers", headers);
+        scope.push_constant(
+            "id",
+            m.id.clone()
+                .map_or(rhai::Dynamic::UNIT, rhai::Dynamic::from),
+        );
+        scope.push_constant("deliveries", i64::from(m.deliveries));
+        scope.push_constant(
+            "origin",
+            m.origin
+                .clone()
+                .map_or(rhai::Dynamic::UNIT, rhai::Dynamic::from),
+        );
+        self.engine
+            .eval_ast_with_scope::<bool>(&mut scope, &self.ast)
+            .map_err(|e| {
+                Error::invalid(format!(
+                    "filter `{}` failed on message {:?}: {e}",
+                    self.source, m.id
+                ))
+            })
+    }
+}
+
 /// What to do with one message.
 enum Plan {
     Move(String),
@@ -94,6 +156,7 @@ enum Plan {
 
 struct Redrive {
     p: Params,
+    filter: Option<Filter>,
     parking: String,
     report: Report,
     /// Destinations checked for consumers in this run.
@@ -101,14 +164,19 @@ struct Redrive {
 }
 
 impl Redrive {
-    fn plan(&self, m: &Message) -> Plan {
-        if redrives(m) >= self.p.max_redrives {
-            return Plan::Park;
+    fn plan(&self, m: &Message) -> Result<Plan, Error> {
+        if let Some(filter) = &self.filter
+            && !filter.matches(m)?
+        {
+            return Ok(Plan::Skip);
         }
-        match self.p.to.clone().or_else(|| m.origin.clone()) {
+        if redrives(m) >= self.p.max_redrives {
+            return Ok(Plan::Park);
+        }
+        Ok(match self.p.to.clone().or_else(|| m.origin.clone()) {
             Some(dest) => Plan::Move(dest),
             None => Plan::Skip,
-        }
+        })
     }
 
     /// Refuse a destination without consumers: the messages would only pile up again.
@@ -174,7 +242,16 @@ impl Redrive {
             let mut done = Vec::new();
             let (mut moved, mut parked) = (Vec::new(), 0u64);
             for m in &msgs {
-                match self.plan(m) {
+                let plan = match self.plan(m) {
+                    Ok(plan) => plan,
+                    Err(e) => {
+                        // Nothing of this batch was published: all of it stays.
+                        held.extend(msgs.iter().map(|m| m.handle));
+                        release(&conn, &held)?;
+                        return Err(e);
+                    }
+                };
+                match plan {
                     Plan::Skip => {
                         self.report.skipped += 1;
                         held.push(m.handle);
@@ -188,7 +265,7 @@ impl Redrive {
                         if let Err(e) = self.check_destination(&dest) {
                             // Nothing of this batch was published: all of it stays.
                             held.extend(msgs.iter().map(|m| m.handle));
-                            broker::settle(&conn, &held, Settlement::Requeue)?;
+                            release(&conn, &held)?;
                             return Err(e);
                         }
                         out.push(self.outgoing(m, dest.clone(), redrives(m) + 1));
@@ -203,7 +280,7 @@ impl Redrive {
                 if let Err(e) = broker::publish(&conn, &out) {
                     self.report.failed += done.len() as u64;
                     held.extend(done);
-                    broker::settle(&conn, &held, Settlement::Requeue)?;
+                    release(&conn, &held)?;
                     return Err(Error::Unavailable(format!(
                         "redrive stopped after moving {} and parking {}; the last batch of {} stays \
                          in `{}`: {e}",
@@ -224,9 +301,7 @@ impl Redrive {
             log::progress(handled, self.p.max);
             self.pace(started, handled);
         }
-        if !held.is_empty() {
-            broker::settle(&conn, &held, Settlement::Requeue)?;
-        }
+        release(&conn, &held)?;
         let elapsed = clock::now_ms().saturating_sub(started);
         self.report.duration_ms = elapsed;
         self.report.rate = if elapsed == 0 {
@@ -247,6 +322,16 @@ impl Redrive {
     }
 }
 
+/// Return messages this run took but did not move to their queue, each once.
+fn release(conn: &str, handles: &[u64]) -> Result<(), Error> {
+    let unique: std::collections::BTreeSet<u64> = handles.iter().copied().collect();
+    if unique.is_empty() {
+        return Ok(());
+    }
+    let handles: Vec<u64> = unique.into_iter().collect();
+    broker::settle(conn, &handles, Settlement::Requeue)
+}
+
 struct ReprocessDlq;
 
 impl Action for ReprocessDlq {
@@ -263,8 +348,10 @@ impl Action for ReprocessDlq {
             .parking
             .clone()
             .unwrap_or_else(|| format!("{}.parking", p.queue));
+        let filter = p.filter.as_deref().map(Filter::compile).transpose()?;
         Redrive {
             p,
+            filter,
             parking,
             report: Report::default(),
             checked: BTreeMap::new(),
