@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+use qmedic_tests::rabbit::management;
 use qmedic_tests::{fixture, fixture_sha256, plugin_entry};
 use serde_json::Value;
 
@@ -292,29 +293,6 @@ fn serve_answers_health_and_plugin_list() {
     );
 }
 
-/// Call RabbitMQ's management API with curl.
-fn rabbit_api(method: &str, path: &str) {
-    let out = Command::new("curl")
-        .args([
-            "-fsS",
-            "-u",
-            "guest:guest",
-            "-X",
-            method,
-            "-H",
-            "content-type: application/json",
-        ])
-        .args(["-d", r#"{"durable":true}"#])
-        .arg(format!("http://127.0.0.1:15672/api{path}"))
-        .output()
-        .expect("curl");
-    assert!(
-        out.status.success(),
-        "{method} {path}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn stats_and_redrive_from_the_command_line() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -331,7 +309,11 @@ fn stats_and_redrive_from_the_command_line() {
             .args(["-fsS", "-u", "guest:guest", "-X", "DELETE"])
             .arg(format!("http://127.0.0.1:15672/api/queues/%2F/{q}"))
             .output();
-        rabbit_api("PUT", &format!("/queues/%2F/{q}"));
+        management(
+            "PUT",
+            &format!("/queues/%2F/{q}"),
+            Some(&serde_json::json!({ "durable": true })),
+        );
     }
     let bodies: Vec<String> = (0..20).map(|i| format!("m{i}")).collect();
     let input = serde_json::json!({ "steps": [{ "op": "publish", "connection": "rabbit", "queue": "qmedic-cli.dlq", "bodies": bodies }] });

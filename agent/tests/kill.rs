@@ -7,41 +7,13 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use qmedic_tests::rabbit::{depth, fresh_queue};
 
 const N: usize = 50_000;
 const BATCH: usize = 500;
-
-async fn fresh_queue(ch: &Channel, name: &str) {
-    ch.queue_delete(name.into(), Default::default())
-        .await
-        .expect("delete");
-    ch.queue_declare(
-        name.into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .expect("declare");
-}
-
-async fn depth(ch: &Channel, queue: &str) -> u32 {
-    let options = QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    ch.queue_declare(queue.into(), options, FieldTable::default())
-        .await
-        .expect("passive")
-        .message_count()
-}
 
 /// Every message id in `queue`, with how many times it is there; the queue is emptied.
 async fn ids(ch: &Channel, queue: &str) -> BTreeMap<String, u32> {
@@ -98,8 +70,8 @@ async fn a_redrive_killed_mid_move_loses_nothing() {
     .await
     .expect("RabbitMQ on 127.0.0.1:5672");
     let ch = conn.create_channel().await.expect("channel");
-    fresh_queue(&ch, "qmedic-kill.dlq").await;
-    fresh_queue(&ch, "qmedic-kill").await;
+    fresh_queue(&ch, "qmedic-kill.dlq", FieldTable::default()).await;
+    fresh_queue(&ch, "qmedic-kill", FieldTable::default()).await;
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .expect("confirms");

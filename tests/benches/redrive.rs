@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, QueueDeclareOptions,
+    ConfirmSelectOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use qmedic_tests::rabbit::{AMQP, connection_yaml, depth, fresh_queue, management};
 use qmedic_tests::runtime;
 use serde_json::json;
 
@@ -21,39 +22,10 @@ const N: usize = 100_000;
 const BATCH: usize = 500;
 const SRC: &str = "qmedic-bench.src";
 const DST: &str = "qmedic-bench.dst";
-const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-
-async fn fresh(ch: &Channel, name: &str) {
-    ch.queue_delete(name.into(), Default::default())
-        .await
-        .expect("delete");
-    ch.queue_declare(
-        name.into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .expect("declare");
-}
-
-async fn depth(ch: &Channel, queue: &str) -> usize {
-    let options = QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    ch.queue_declare(queue.into(), options, FieldTable::default())
-        .await
-        .expect("passive")
-        .message_count() as usize
-}
-
 /// Empty queues, then `N` small persistent messages in the source.
 async fn fill(ch: &Channel) {
-    fresh(ch, SRC).await;
-    fresh(ch, DST).await;
+    fresh_queue(ch, SRC, FieldTable::default()).await;
+    fresh_queue(ch, DST, FieldTable::default()).await;
     for i in 0..N {
         let props = BasicProperties::default().with_delivery_mode(2);
         ch.basic_publish(
@@ -67,14 +39,14 @@ async fn fill(ch: &Channel) {
         .expect("publish");
     }
     ch.wait_for_confirms().await.expect("confirms");
-    assert_eq!(depth(ch, SRC).await, N);
+    assert_eq!(depth(ch, SRC).await as usize, N);
 }
 
 async fn qmedic_redrive() -> Duration {
-    let rt = runtime(
-        "runtime:\n  limits:\n    timeout: 10m\nconnections:\n  rabbit:\n    kind: rabbitmq\n    url: amqp://127.0.0.1:5672/%2f\n    \
-         http_url: http://127.0.0.1:15672/api\n    username: guest\n    password: guest\n",
-    );
+    let rt = runtime(&format!(
+        "runtime:\n  limits:\n    timeout: 10m\n{}",
+        connection_yaml("http://127.0.0.1:15672/api")
+    ));
     let params = json!({ "connection": "rabbit", "queue": SRC, "to": DST, "max": N, "batch": BATCH, "force": true });
     let started = Instant::now();
     let report = rt
@@ -137,31 +109,6 @@ async fn lapin_loop(conn: &Connection) -> Duration {
     started.elapsed()
 }
 
-fn management(method: &str, path: &str, body: Option<serde_json::Value>) {
-    let mut cmd = std::process::Command::new("curl");
-    cmd.args([
-        "-fsS",
-        "-u",
-        "guest:guest",
-        "-X",
-        method,
-        "-H",
-        "content-type: application/json",
-    ]);
-    if let Some(b) = body {
-        cmd.args(["-d", &b.to_string()]);
-    }
-    let out = cmd
-        .arg(format!("http://127.0.0.1:15672/api{path}"))
-        .output()
-        .expect("curl");
-    assert!(
-        out.status.success(),
-        "{method} {path}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 async fn shovel(ch: &Channel) -> Duration {
     let value = json!({ "value": {
         "src-protocol": "amqp091", "src-uri": "amqp://guest:guest@127.0.0.1", "src-queue": SRC,
@@ -169,8 +116,8 @@ async fn shovel(ch: &Channel) -> Duration {
         "ack-mode": "on-confirm", "src-prefetch-count": 1000, "src-delete-after": "never",
     }});
     let started = Instant::now();
-    management("PUT", "/parameters/shovel/%2F/qmedic-bench", Some(value));
-    while depth(ch, DST).await < N {
+    management("PUT", "/parameters/shovel/%2F/qmedic-bench", Some(&value));
+    while (depth(ch, DST).await as usize) < N {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let elapsed = started.elapsed();
@@ -194,10 +141,10 @@ fn main() {
 
         fill(&ch).await;
         let qmedic = qmedic_redrive().await;
-        assert_eq!(depth(&ch, DST).await, N);
+        assert_eq!(depth(&ch, DST).await as usize, N);
         fill(&ch).await;
         let lapin = lapin_loop(&conn).await;
-        assert_eq!(depth(&ch, DST).await, N);
+        assert_eq!(depth(&ch, DST).await as usize, N);
         fill(&ch).await;
         let shovel = shovel(&ch).await;
         assert_eq!(depth(&ch, SRC).await, 0);
@@ -216,7 +163,7 @@ fn main() {
                 qmedic.as_secs_f64() / d.as_secs_f64()
             );
         }
-        fresh(&ch, SRC).await;
-        fresh(&ch, DST).await;
+        fresh_queue(&ch, SRC, FieldTable::default()).await;
+        fresh_queue(&ch, DST, FieldTable::default()).await;
     });
 }

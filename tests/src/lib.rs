@@ -3,9 +3,12 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod rabbit;
+
 use std::fmt::Debug;
 
 use qmedic::{CallError, Config, Runtime};
+use serde_json::Value;
 
 /// The `.wasm` of a fixture plugin built from `tests/plugins/<name>`.
 pub fn fixture(name: &str) -> PathBuf {
@@ -62,4 +65,10 @@ pub fn failure<T: Debug>(kind: &str, outcome: Result<T, CallError>) -> String {
         return error.message().to_string();
     }
     panic!("expected a `{kind}` error, got {outcome:?}")
+}
+
+/// Run an action with JSON parameters and parse its JSON report.
+pub async fn call(rt: &Runtime, plugin: &str, params: Value) -> Result<Value, CallError> {
+    let report = rt.call_action(plugin, &params.to_string()).await.outcome?;
+    Ok(serde_json::from_str(&report).expect("the report is JSON"))
 }

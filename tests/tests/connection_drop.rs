@@ -7,50 +7,12 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
 use lapin::types::{FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
-use qmedic::Runtime;
-use qmedic_tests::{failure, runtime};
-use serde_json::{Value, json};
-
-const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-
-async fn call(rt: &Runtime, plugin: &str, params: Value) -> Result<Value, qmedic::CallError> {
-    let report = rt.call_action(plugin, &params.to_string()).await.outcome?;
-    Ok(serde_json::from_str(&report).expect("JSON report"))
-}
-
-async fn fresh_queue(channel: &Channel, name: &str, arguments: FieldTable) -> String {
-    channel
-        .queue_delete(name.into(), Default::default())
-        .await
-        .expect("delete");
-    channel
-        .queue_declare(
-            name.into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            arguments,
-        )
-        .await
-        .expect("declare");
-    name.to_string()
-}
-
-async fn depth(channel: &Channel, queue: &str) -> u32 {
-    let options = QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    channel
-        .queue_declare(queue.into(), options, FieldTable::default())
-        .await
-        .expect("passive")
-        .message_count()
-}
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use qmedic_tests::rabbit::{AMQP, connection_yaml, depth, fresh_queue};
+use qmedic_tests::{call, failure, runtime};
+use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_closed_by_the_server_mid_run_loses_nothing() {
@@ -85,10 +47,10 @@ async fn a_connection_closed_by_the_server_mid_run_loses_nothing() {
         "all {N} messages are in the dead-letter queue"
     );
 
-    let rt = runtime(
-        "runtime:\n  limits:\n    timeout: 5m\nconnections:\n  rabbit:\n    kind: rabbitmq\n    url: amqp://127.0.0.1:5672/%2f\n    \
-         http_url: http://127.0.0.1:15672/api\n    username: guest\n    password: guest\n",
-    );
+    let rt = runtime(&format!(
+        "runtime:\n  limits:\n    timeout: 5m\n{}",
+        connection_yaml("http://127.0.0.1:15672/api")
+    ));
     let params = json!({ "connection": "rabbit", "queue": dlq, "to": dest, "max": N, "batch": BATCH, "force": true, "rate": 4000 });
     let first = {
         let rt = rt.clone();

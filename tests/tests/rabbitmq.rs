@@ -4,52 +4,30 @@
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions, QueuePurgeOptions,
-};
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel};
 use qmedic::Runtime;
+use qmedic_tests::rabbit::{channel, connection_yaml, depth, fresh_queue, management};
 use qmedic_tests::{failure, plugin_entry, runtime};
 use serde_json::{Value, json};
 
-const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-
 fn agent(http_url: &str) -> Runtime {
     runtime(&format!(
-        "connections:\n  rabbit:\n    kind: rabbitmq\n    url: amqp://127.0.0.1:5672/%2f\n    http_url: {http_url}\n    \
-         username: guest\n    password: guest\nplugins:\n{}",
+        "{}plugins:\n{}",
+        connection_yaml(http_url),
         plugin_entry("broker-probe", "connections: [rabbit]"),
     ))
 }
 
 /// A fresh, empty queue named for this test.
 async fn queue(channel: &Channel, name: &str) -> String {
-    let name = format!("qmedic-test.{name}");
-    channel
-        .queue_declare(
-            name.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("declare");
-    channel
-        .queue_purge(name.as_str().into(), QueuePurgeOptions::default())
-        .await
-        .expect("purge");
-    name
-}
-
-async fn channel() -> (Connection, Channel) {
-    let conn = Connection::connect(AMQP, ConnectionProperties::default())
-        .await
-        .expect("RabbitMQ on 127.0.0.1:5672");
-    let channel = conn.create_channel().await.expect("channel");
-    (conn, channel)
+    fresh_queue(
+        channel,
+        &format!("qmedic-test.{name}"),
+        FieldTable::default(),
+    )
+    .await
 }
 
 async fn probe(rt: &Runtime, steps: Value) -> Result<Vec<Value>, qmedic::CallError> {
@@ -63,18 +41,6 @@ async fn probe(rt: &Runtime, steps: Value) -> Result<Vec<Value>, qmedic::CallErr
             .expect("results")
             .clone(),
     )
-}
-
-async fn depth(channel: &Channel, queue: &str) -> u32 {
-    let options = QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    channel
-        .queue_declare(queue.into(), options, FieldTable::default())
-        .await
-        .expect("passive declare")
-        .message_count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -249,57 +215,10 @@ async fn a_moved_message_keeps_its_body_properties_and_typed_headers() {
     );
 }
 
-/// Call the management API with curl; the body of the answer.
-fn management(method: &str, path: &str, body: Option<&Value>) -> String {
-    let mut cmd = std::process::Command::new("curl");
-    cmd.args([
-        "-fsS",
-        "-u",
-        "guest:guest",
-        "-X",
-        method,
-        "-H",
-        "content-type: application/json",
-    ]);
-    if let Some(body) = body {
-        cmd.args(["-d", &body.to_string()]);
-    }
-    let out = cmd
-        .arg(format!("http://127.0.0.1:15672/api{path}"))
-        .output()
-        .expect("curl");
-    assert!(
-        out.status.success(),
-        "{method} {path}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-async fn fresh_queue(channel: &Channel, name: &str, arguments: FieldTable) -> String {
-    let name = format!("qmedic-test.{name}");
-    channel
-        .queue_delete(name.as_str().into(), Default::default())
-        .await
-        .expect("delete");
-    channel
-        .queue_declare(
-            name.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            arguments,
-        )
-        .await
-        .expect("declare");
-    name
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_lettered_message_names_its_origin() {
     let (_conn, ch) = channel().await;
-    let dlq = fresh_queue(&ch, "orders.dlq", FieldTable::default()).await;
+    let dlq = fresh_queue(&ch, "qmedic-test.orders.dlq", FieldTable::default()).await;
     let mut args = FieldTable::default();
     args.insert(
         "x-dead-letter-exchange".into(),
@@ -309,7 +228,7 @@ async fn a_dead_lettered_message_names_its_origin() {
         "x-dead-letter-routing-key".into(),
         AMQPValue::LongString(dlq.as_str().into()),
     );
-    let orders = fresh_queue(&ch, "orders", args).await;
+    let orders = fresh_queue(&ch, "qmedic-test.orders", args).await;
     for i in 0..3 {
         ch.basic_publish(
             "".into(),
@@ -383,7 +302,7 @@ async fn a_dead_lettered_message_names_its_origin() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_limit_adds_a_policy_that_keeps_the_one_in_effect() {
     let (_conn, ch) = channel().await;
-    let q = fresh_queue(&ch, "limited", FieldTable::default()).await;
+    let q = fresh_queue(&ch, "qmedic-test.limited", FieldTable::default()).await;
     let ops_policy = json!({ "pattern": "^qmedic-test\\.limited$", "definition": { "message-ttl": 600000 }, "priority": 5, "apply-to": "queues" });
     management("PUT", "/policies/%2F/qmedic-test-ops", Some(&ops_policy));
 

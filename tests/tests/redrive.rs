@@ -5,19 +5,13 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, BasicRejectOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, BasicRejectOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
 use qmedic::Runtime;
-use qmedic_tests::{failure, plugin_entry, runtime};
+use qmedic_tests::rabbit::{AMQP, connection_yaml, depth, fresh_queue};
+use qmedic_tests::{call, failure, plugin_entry, runtime};
 use serde_json::{Value, json};
-
-async fn call(rt: &Runtime, plugin: &str, params: Value) -> Result<Value, qmedic::CallError> {
-    let report = rt.call_action(plugin, &params.to_string()).await.outcome?;
-    Ok(serde_json::from_str(&report).expect("JSON report"))
-}
 
 fn memory_agent() -> Runtime {
     runtime(&format!(
@@ -233,39 +227,6 @@ async fn bad_parameters_are_invalid() {
     assert!(msg.contains("rate must be a positive"), "{msg}");
 }
 
-const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-
-async fn fresh_queue(channel: &Channel, name: &str, arguments: FieldTable) -> String {
-    channel
-        .queue_delete(name.into(), Default::default())
-        .await
-        .expect("delete");
-    channel
-        .queue_declare(
-            name.into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            arguments,
-        )
-        .await
-        .expect("declare");
-    name.to_string()
-}
-
-async fn depth(channel: &Channel, queue: &str) -> u32 {
-    let options = QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    channel
-        .queue_declare(queue.into(), options, FieldTable::default())
-        .await
-        .expect("passive")
-        .message_count()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_lettered_rabbitmq_messages_go_home_exactly_once() {
     const N: usize = 10_000;
@@ -329,9 +290,7 @@ async fn dead_lettered_rabbitmq_messages_go_home_exactly_once() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let rt = runtime(
-        "connections:\n  rabbit:\n    kind: rabbitmq\n    url: amqp://127.0.0.1:5672/%2f\n    http_url: http://127.0.0.1:15672/api\n    username: guest\n    password: guest\n",
-    );
+    let rt = runtime(&connection_yaml("http://127.0.0.1:15672/api"));
     // No consumer on the origin: refused, nothing moves.
     let params = json!({ "connection": "rabbit", "queue": dlq, "max": 100_000, "batch": 200 });
     let msg = failure("invalid", call(&rt, "reprocess-dlq", params.clone()).await);
