@@ -229,28 +229,31 @@ async fn a_plugin_that_keeps_failing_is_quarantined_until_reloaded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_instance_pool_refuses_calls_without_blaming_the_plugin() {
     let rt = runtime(&format!(
-        "runtime:\n  max_instances: 2\n  quarantine_after: 3\n  limits:\n    timeout: 500ms\nplugins:\n{}",
+        "runtime:\n  max_instances: 2\n  quarantine_after: 3\n  limits:\n    timeout: 2s\nplugins:\n{}",
         plugin_entry("spin", "")
     ));
-    let calls: Vec<_> = (0..3)
+    // Two calls fill the pool for two seconds.
+    let running: Vec<_> = (0..2)
         .map(|_| {
             let rt = rt.clone();
             tokio::spawn(async move { rt.call_action("spin", "{}").await.outcome })
         })
         .collect();
-    let mut busy = 0;
-    for call in calls {
-        match call.await.expect("task") {
-            Err(CallError::Busy { plugin, detail }) => {
-                assert_eq!(plugin, "spin");
-                assert!(detail.contains('2'), "{detail}");
-                busy += 1;
-            }
-            Err(CallError::Timeout { .. }) => {}
-            other => panic!("expected busy or timeout, got {other:?}"),
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    match rt.call_action("spin", "{}").await.outcome {
+        Err(CallError::Busy { plugin, detail }) => {
+            assert_eq!(plugin, "spin");
+            assert!(detail.contains('2'), "{detail}");
         }
+        other => panic!("a third call must be refused while the pool is full, got {other:?}"),
     }
-    assert_eq!(busy, 1, "two calls fit in the pool, the third is refused");
+    for call in running {
+        let outcome = call.await.expect("task");
+        assert!(
+            matches!(outcome, Err(CallError::Timeout { .. })),
+            "{outcome:?}"
+        );
+    }
     assert!(
         rt.plugin("spin").expect("loaded").quarantined().is_none(),
         "a full pool is not the plugin's fault"
