@@ -1,8 +1,11 @@
 //! The real RabbitMQ server on 127.0.0.1 (guest/guest), for tests and benchmarks: queues are set
 //! up and checked with lapin and the management API directly, independently of qmedic.
 
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use lapin::options::{BasicConsumeOptions, BasicRejectOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties};
 use serde_json::Value;
 
@@ -81,4 +84,54 @@ pub fn management(method: &str, path: &str, body: Option<&Value>) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A durable queue `name` that dead-letters to `dlq` through the default exchange.
+pub async fn dead_lettering_queue(channel: &Channel, name: &str, dlq: &str) -> String {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString("".into()),
+    );
+    args.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(dlq.into()),
+    );
+    fresh_queue(channel, name, args).await
+}
+
+/// Act as a failing consumer: take `count` messages from `queue` and reject each without
+/// requeue, so RabbitMQ dead-letters them with `x-death`; return once `dlq` holds them all.
+pub async fn reject_all(channel: &Channel, queue: &str, count: u32, dlq: &str) {
+    let mut consumer = channel
+        .basic_consume(
+            queue.into(),
+            "failing".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    for _ in 0..count {
+        let d = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+            .await
+            .expect("a delivery within 10 s")
+            .expect("stream")
+            .expect("delivery");
+        d.reject(BasicRejectOptions { requeue: false })
+            .await
+            .expect("reject");
+    }
+    channel
+        .basic_cancel("failing".into(), Default::default())
+        .await
+        .expect("cancel");
+    let started = Instant::now();
+    while depth(channel, dlq).await < count {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "not all messages reached {dlq}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -8,7 +8,9 @@ use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel};
 use qmedic::Runtime;
-use qmedic_tests::rabbit::{channel, connection_yaml, depth, fresh_queue, management};
+use qmedic_tests::rabbit::{
+    channel, connection_yaml, dead_lettering_queue, depth, fresh_queue, management, reject_all,
+};
 use qmedic_tests::{failure, plugin_entry, runtime};
 use serde_json::{Value, json};
 
@@ -219,16 +221,7 @@ async fn a_moved_message_keeps_its_body_properties_and_typed_headers() {
 async fn a_dead_lettered_message_names_its_origin() {
     let (_conn, ch) = channel().await;
     let dlq = fresh_queue(&ch, "qmedic-test.orders.dlq", FieldTable::default()).await;
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-dead-letter-exchange".into(),
-        AMQPValue::LongString("".into()),
-    );
-    args.insert(
-        "x-dead-letter-routing-key".into(),
-        AMQPValue::LongString(dlq.as_str().into()),
-    );
-    let orders = fresh_queue(&ch, "qmedic-test.orders", args).await;
+    let orders = dead_lettering_queue(&ch, "qmedic-test.orders", &dlq).await;
     for i in 0..3 {
         ch.basic_publish(
             "".into(),
@@ -240,34 +233,7 @@ async fn a_dead_lettered_message_names_its_origin() {
         .await
         .expect("publish");
     }
-    // A consumer rejects them without requeue: RabbitMQ dead-letters them with x-death.
-    let mut consumer = ch
-        .basic_consume(
-            orders.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("consume");
-    for _ in 0..3 {
-        let d = tokio::time::timeout(Duration::from_secs(5), consumer.next())
-            .await
-            .expect("delivery")
-            .expect("stream")
-            .expect("ok");
-        d.reject(lapin::options::BasicRejectOptions { requeue: false })
-            .await
-            .expect("reject");
-    }
-    let started = Instant::now();
-    while depth(&ch, &dlq).await < 3 {
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "messages never reached the DLQ"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    reject_all(&ch, &orders, 3, &dlq).await;
 
     let rt = agent("http://127.0.0.1:15672/api");
     let r = probe(&rt, json!([{ "op": "receive-settle", "connection": "rabbit", "queue": dlq, "max": 10, "how": "requeue", "detail": true }]))

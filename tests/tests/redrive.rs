@@ -5,11 +5,13 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions, BasicRejectOptions};
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use qmedic::Runtime;
-use qmedic_tests::rabbit::{AMQP, connection_yaml, depth, fresh_queue};
+use qmedic_tests::rabbit::{
+    AMQP, connection_yaml, dead_lettering_queue, depth, fresh_queue, reject_all,
+};
 use qmedic_tests::{call, failure, plugin_entry, runtime};
 use serde_json::{Value, json};
 
@@ -235,16 +237,7 @@ async fn dead_lettered_rabbitmq_messages_go_home_exactly_once() {
         .expect("RabbitMQ");
     let ch = conn.create_channel().await.expect("channel");
     let dlq = fresh_queue(&ch, "qmedic-test.redrive.dlq", FieldTable::default()).await;
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-dead-letter-exchange".into(),
-        AMQPValue::LongString("".into()),
-    );
-    args.insert(
-        "x-dead-letter-routing-key".into(),
-        AMQPValue::LongString(dlq.as_str().into()),
-    );
-    let orders = fresh_queue(&ch, "qmedic-test.redrive", args).await;
+    let orders = dead_lettering_queue(&ch, "qmedic-test.redrive", &dlq).await;
     for i in 0..N {
         let props =
             BasicProperties::default().with_message_id(ShortString::from(format!("id-{i}")));
@@ -258,37 +251,7 @@ async fn dead_lettered_rabbitmq_messages_go_home_exactly_once() {
         .await
         .expect("publish");
     }
-    // A failing consumer rejects everything: RabbitMQ dead-letters it.
-    let mut consumer = ch
-        .basic_consume(
-            orders.as_str().into(),
-            "failing".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("consume");
-    for _ in 0..N {
-        let d = tokio::time::timeout(Duration::from_secs(10), consumer.next())
-            .await
-            .expect("delivery")
-            .expect("stream")
-            .expect("ok");
-        d.reject(BasicRejectOptions { requeue: false })
-            .await
-            .expect("reject");
-    }
-    ch.basic_cancel("failing".into(), Default::default())
-        .await
-        .expect("cancel");
-    let started = Instant::now();
-    while depth(&ch, &dlq).await < N as u32 {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "not all dead-lettered"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    reject_all(&ch, &orders, N as u32, &dlq).await;
 
     let rt = runtime(&connection_yaml("http://127.0.0.1:15672/api"));
     // No consumer on the origin: refused, nothing moves.
