@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 use serde_saphyr::{DefaultMessageFormatter, MessageFormatter, Spanned};
 
-use crate::location::{Located, Location};
+use crate::location::{Located, Location, Problem};
 
 /// The agent's configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -25,6 +25,13 @@ pub struct Config {
     /// first use) or a `postgres://` URL shared by a fleet of agents.
     #[serde(default = "default_store")]
     pub store: String,
+    /// This agent's name in run records, the audit log and leases. Agents sharing one store
+    /// need distinct names. Default: the host name.
+    #[serde(default)]
+    pub agent: Option<String>,
+    /// Playbook files, or folders of `*.yaml` / `*.yml` playbooks, relative to this file.
+    #[serde(default = "default_playbooks")]
+    pub playbooks: Vec<PathBuf>,
     /// Sandbox settings shared by every plugin.
     #[serde(default)]
     pub runtime: RuntimeConfig,
@@ -198,6 +205,9 @@ pub struct PluginConfig {
 fn default_listen() -> String {
     "127.0.0.1:9464".into()
 }
+fn default_playbooks() -> Vec<PathBuf> {
+    vec![PathBuf::from("playbooks")]
+}
 fn default_store() -> String {
     "qmedic.db".into()
 }
@@ -243,6 +253,8 @@ impl Default for Config {
         Config {
             listen: default_listen(),
             store: default_store(),
+            agent: None,
+            playbooks: default_playbooks(),
             runtime: RuntimeConfig::default(),
             connections: BTreeMap::new(),
             scalers: BTreeMap::new(),
@@ -299,6 +311,18 @@ impl Config {
         let path = self.path.clone();
         let at = |key: &str| Location::of_key(&path, text, key);
         let base = path.parent().unwrap_or(Path::new("."));
+        self.playbooks = self.playbooks.iter().map(|p| base.join(p)).collect();
+        if !self.store.contains("://") {
+            self.store = base.join(&self.store).to_string_lossy().into_owned();
+        } else if !self.store.starts_with("postgres://")
+            && !self.store.starts_with("postgresql://")
+            && !self.store.starts_with("sqlite://")
+        {
+            return Err(at("store").error(format!(
+                "store `{}` is neither a file path, a sqlite:// URL nor a postgres:// URL",
+                self.store
+            )));
+        }
         if self.runtime.max_instances == 0 {
             return Err(at("max_instances").error("runtime.max_instances must be at least 1"));
         }
@@ -349,7 +373,7 @@ impl Config {
             for grant in plugin.connections.iter().flatten() {
                 let g = &grant.value;
                 if g != "*" && !self.connections.contains_key(g) {
-                    return Err(spanned(&path, grant).error(format!(
+                    return Err(spanned(&path, grant).problem(Problem::UnknownName, format!(
                         "plugin `{name}` is granted connection `{g}`, which is not configured{}",
                         suggest(g, self.connections.keys())
                     )));
@@ -358,10 +382,13 @@ impl Config {
             for grant in plugin.scalers.iter().flatten() {
                 let g = &grant.value;
                 if g != "*" && !self.scalers.contains_key(g) {
-                    return Err(spanned(&path, grant).error(format!(
-                        "plugin `{name}` is granted scaler `{g}`, which is not configured{}",
-                        suggest(g, self.scalers.keys())
-                    )));
+                    return Err(spanned(&path, grant).problem(
+                        Problem::UnknownName,
+                        format!(
+                            "plugin `{name}` is granted scaler `{g}`, which is not configured{}",
+                            suggest(g, self.scalers.keys())
+                        ),
+                    ));
                 }
             }
         }
@@ -371,6 +398,19 @@ impl Config {
     /// Where `key` is defined in this config, for errors found after parsing.
     pub fn locate(&self, key: &str) -> Location {
         Location::of_key(&self.path, &self.text, key)
+    }
+
+    /// This agent's name: `agent` from the config, else the host name.
+    pub fn agent_name(&self) -> String {
+        if let Some(name) = &self.agent {
+            return name.clone();
+        }
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "qmedic".into())
     }
 
     /// Where compiled components are cached.
@@ -392,10 +432,13 @@ fn spanned<T>(path: &Path, s: &Spanned<T>) -> Location {
 
 fn read_secret(file: &Path, conn: &str, at: Location) -> Result<Secret, Located> {
     let text = std::fs::read_to_string(file).map_err(|e| {
-        at.clone().error(format!(
-            "connection `{conn}`: cannot read secret file {}: {e}",
-            file.display()
-        ))
+        at.clone().problem(
+            Problem::Environment,
+            format!(
+                "connection `{conn}`: cannot read secret file {}: {e}",
+                file.display()
+            ),
+        )
     })?;
     Ok(Secret(text.trim_end_matches(['\n', '\r']).to_string()))
 }
@@ -438,7 +481,26 @@ pub(crate) fn yaml_error(e: &serde_saphyr::Error, path: &Path) -> Located {
         .format_message(e)
         .escape_debug()
         .to_string();
-    location.error(message)
+    location.problem(yaml_problem(e), message)
+}
+
+/// What sort of mistake a YAML error is.
+fn yaml_problem(e: &serde_saphyr::Error) -> Problem {
+    use serde_saphyr::Error as E;
+    match e.without_snippet() {
+        E::SerdeUnknownField { .. } => Problem::UnknownField,
+        E::SerdeMissingField { .. } => Problem::Missing,
+        E::SerdeInvalidType { .. }
+        | E::SerdeInvalidLength { .. }
+        | E::InvalidScalar { .. }
+        | E::NullIntoString { .. }
+        | E::Unexpected { .. } => Problem::WrongType,
+        E::SerdeUnknownVariant { .. } | E::SerdeInvalidValue { .. } | E::Message { .. } => {
+            Problem::BadValue
+        }
+        E::DuplicateMappingKey { .. } => Problem::Duplicate,
+        _ => Problem::Syntax,
+    }
 }
 
 /// Replace `${VAR}` and `${VAR:-default}` with the environment's values, outside comments.
@@ -504,15 +566,18 @@ fn expand_line(
             (Ok(v), _) => v,
             (Err(_), Some(d)) => d.to_string(),
             (Err(_), None) => {
-                return Err(at(offset).error(format!(
+                return Err(at(offset).problem(Problem::Environment, format!(
                     "environment variable `{name}` is not set; set it or write `${{{name}:-default}}`"
                 )));
             }
         };
         if value.contains('\n') {
-            return Err(at(offset).error(format!(
-                "environment variable `{name}` holds a line break; use a *_file secret instead"
-            )));
+            return Err(at(offset).problem(
+                Problem::Environment,
+                format!(
+                    "environment variable `{name}` holds a line break; use a *_file secret instead"
+                ),
+            ));
         }
         out.push_str(&value);
         rest = &body[end + 1..];
@@ -521,7 +586,7 @@ fn expand_line(
     Ok(())
 }
 
-fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(crate) fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
     humantime::parse_duration(&text).map_err(|e| {
         serde::de::Error::custom(format!(
@@ -530,7 +595,9 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     })
 }
 
-fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+pub(crate) fn de_opt_duration<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Duration>, D::Error> {
     de_duration(d).map(Some)
 }
 

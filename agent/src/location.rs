@@ -20,8 +20,34 @@ pub struct Location {
 pub struct Located {
     /// Where the problem is.
     pub location: Location,
+    /// What sort of mistake it is, for tools and tests that sort errors.
+    pub problem: Problem,
     /// What is wrong and, where possible, how to fix it.
     pub message: String,
+}
+
+/// What sort of mistake an operator's file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Problem {
+    /// Not well-formed YAML or TOML.
+    Syntax,
+    /// A key the format does not have.
+    UnknownField,
+    /// A required key is absent.
+    Missing,
+    /// A value of the wrong type (a list where a string belongs, text where a number belongs).
+    WrongType,
+    /// A key given twice.
+    Duplicate,
+    /// A name that refers to nothing: a plugin, connection, step, param or scaler.
+    UnknownName,
+    /// A value of the right type that is still wrong: a bad cron line, duration or URL.
+    BadValue,
+    /// A `${{ }}` expression, `if:` condition or `script:` that does not compile.
+    Expression,
+    /// An environment variable or secret file the file refers to is missing.
+    Environment,
 }
 
 impl Location {
@@ -68,8 +94,14 @@ impl Location {
 
     /// An error at this position, for the operator to fix.
     pub fn error(self, message: impl Into<String>) -> Located {
+        self.problem(Problem::BadValue, message)
+    }
+
+    /// An error of a given sort at this position.
+    pub fn problem(self, problem: Problem, message: impl Into<String>) -> Located {
         Located {
             location: self,
+            problem,
             message: message.into(),
         }
     }

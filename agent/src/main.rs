@@ -3,6 +3,7 @@
 use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use qmedic::{CallError, Config, Runtime};
@@ -44,8 +45,36 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Load the config and plugins and serve /healthz and /api/plugins.
+    /// Run scheduled playbooks and serve /healthz, /metrics and /api (plugins, playbooks, runs).
     Serve,
+    /// Check playbooks and the config; every error at file:line:column.
+    Validate {
+        /// Playbook files or folders (default: the config's `playbooks`).
+        paths: Vec<PathBuf>,
+    },
+    /// Run a playbook once, now, and record it.
+    Run {
+        /// A playbook's name, or the path of a playbook file.
+        playbook: String,
+        /// A param value, `name=value`; repeat for more.
+        #[arg(long = "param", value_name = "NAME=VALUE")]
+        params: Vec<String>,
+        /// Run every read, record every change it would make, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Recorded runs, newest first.
+    History {
+        /// Only this playbook's runs.
+        #[arg(long)]
+        playbook: Option<String>,
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// One run with its steps.
+        #[arg(long, conflicts_with_all = ["playbook", "limit"])]
+        run: Option<i64>,
+    },
     /// Inspect and call plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -201,6 +230,17 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
             stats(&runtime, connection, queue, cli.output).await
         }
         Command::Redrive(args) => redrive(&runtime, args, cli.output).await,
+        Command::Validate { paths } => validate(&config, &runtime, paths, cli.output),
+        Command::Run {
+            playbook,
+            params,
+            dry_run,
+        } => run_playbook(&config, runtime, playbook, params, *dry_run, cli.output).await,
+        Command::History {
+            playbook,
+            limit,
+            run,
+        } => history(&config, playbook.clone(), *limit, *run, cli.output).await,
     }
 }
 
@@ -466,18 +506,311 @@ fn call_failure(e: CallError) -> Failure {
     }
 }
 
-async fn serve(config: &Config, runtime: Runtime) -> Result<(), Failure> {
-    use axum::routing::get;
+/// Every playbook under `paths`, checked; all problems of all files in one error.
+fn load_playbooks(
+    paths: &[PathBuf],
+    catalog: &qmedic::Catalog,
+) -> Result<Vec<Arc<qmedic::Playbook>>, Failure> {
+    let files =
+        qmedic::playbook::playbook_files(paths).map_err(|e| Failure::Usage(e.to_string()))?;
+    let mut problems = Vec::new();
+    let mut loaded: Vec<Arc<qmedic::Playbook>> = Vec::new();
+    for file in files {
+        match qmedic::playbook::load(&file, catalog) {
+            Ok(p) => {
+                if let Some(other) = loaded.iter().find(|o| o.name == p.name) {
+                    problems.push(format!(
+                        "{}: playbook name `{}` is also used by {}; names must be unique",
+                        file.display(),
+                        p.name,
+                        other.path.display()
+                    ));
+                } else {
+                    loaded.push(Arc::new(p));
+                }
+            }
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    if problems.is_empty() {
+        Ok(loaded)
+    } else {
+        Err(Failure::Usage(problems.join("\n")))
+    }
+}
 
-    let app = axum::Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route(
-            "/api/plugins",
-            get(move || {
-                let infos: Vec<_> = runtime.plugins().iter().map(|p| p.info()).collect();
-                async move { axum::Json(infos) }
-            }),
+fn validate(
+    config: &Config,
+    runtime: &Runtime,
+    paths: &[PathBuf],
+    output: Output,
+) -> Result<(), Failure> {
+    let catalog = qmedic::Catalog::new(runtime, config);
+    let paths = if paths.is_empty() {
+        config.playbooks.clone()
+    } else {
+        paths.to_vec()
+    };
+    let files =
+        qmedic::playbook::playbook_files(&paths).map_err(|e| Failure::Usage(e.to_string()))?;
+    let mut report = Vec::new();
+    let mut bad = 0;
+    for file in &files {
+        let (name, errors) = match qmedic::playbook::load(file, &catalog) {
+            Ok(p) => (Some(p.name), Vec::new()),
+            Err(qmedic::playbook::PlaybookError::Invalid(errors)) => (None, errors),
+            Err(e) => (
+                None,
+                vec![qmedic::Location::file(file).problem(qmedic::Problem::Syntax, e.to_string())],
+            ),
+        };
+        bad += usize::from(!errors.is_empty());
+        report.push((file.clone(), name, errors));
+    }
+    match output {
+        Output::Json => println!(
+            "{}",
+            json!({
+                "config": config.path,
+                "files": report.iter().map(|(file, name, errors)| json!({
+                    "path": file, "playbook": name, "ok": errors.is_empty(),
+                    "errors": errors.iter().map(|e| json!({
+                        "location": e.location.to_string(), "line": e.location.line,
+                        "column": e.location.column, "problem": e.problem, "message": e.message,
+                    })).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
+            })
+        ),
+        Output::Text => {
+            for (file, name, errors) in &report {
+                match name {
+                    Some(n) => println!("ok      {} ({n})", file.display()),
+                    None => {
+                        println!("invalid {}", file.display());
+                        for e in errors {
+                            println!("  {e}");
+                        }
+                    }
+                }
+            }
+            println!(
+                "{} playbook(s) checked, {bad} invalid; config {} ok",
+                files.len(),
+                config.path.display()
+            );
+        }
+    }
+    if bad > 0 {
+        return Err(Failure::Usage(format!("{bad} playbook(s) invalid")));
+    }
+    Ok(())
+}
+
+async fn open_store(config: &Config) -> Result<Arc<dyn qmedic::Store>, Failure> {
+    qmedic::store::open(&config.store)
+        .await
+        .map_err(|e| Failure::Failed(e.to_string()))
+}
+
+fn parse_params(
+    given: &[String],
+) -> Result<std::collections::BTreeMap<String, serde_json::Value>, Failure> {
+    given
+        .iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| {
+                    (
+                        k.trim().to_string(),
+                        serde_json::Value::String(v.to_string()),
+                    )
+                })
+                .ok_or_else(|| Failure::Usage(format!("--param `{kv}`: write it as name=value")))
+        })
+        .collect()
+}
+
+async fn run_playbook(
+    config: &Config,
+    runtime: Runtime,
+    playbook: &str,
+    params: &[String],
+    dry_run: bool,
+    output: Output,
+) -> Result<(), Failure> {
+    let catalog = qmedic::Catalog::new(&runtime, config);
+    let params = parse_params(params)?;
+    let pb = if playbook.ends_with(".yaml") || playbook.ends_with(".yml") || playbook.contains('/')
+    {
+        Arc::new(
+            qmedic::playbook::load(Path::new(playbook), &catalog)
+                .map_err(|e| Failure::Usage(e.to_string()))?,
+        )
+    } else {
+        let all = load_playbooks(&config.playbooks, &catalog)?;
+        let names: Vec<String> = all.iter().map(|p| p.name.clone()).collect();
+        all.into_iter()
+            .find(|p| p.name == playbook)
+            .ok_or_else(|| {
+                Failure::Usage(format!(
+                    "no playbook `{playbook}` in {}; it has {}",
+                    config
+                        .playbooks
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    if names.is_empty() {
+                        "none".into()
+                    } else {
+                        names.join(", ")
+                    }
+                ))
+            })?
+    };
+    let store = open_store(config).await?;
+    let executor =
+        qmedic::Executor::new(runtime, store, config.agent_name(), qmedic::Metrics::new());
+    let who = std::env::var("USER").unwrap_or_else(|_| "cli".into());
+    let summary = executor
+        .run(
+            &pb,
+            qmedic::RunRequest {
+                trigger: "manual".into(),
+                who,
+                params,
+                dry_run,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| match e {
+            qmedic::playbook::RunError::Params { .. } => Failure::Usage(e.to_string()),
+            e => Failure::Failed(e.to_string()),
+        })?;
+    print_doc(output, &summary, || run_text(&summary));
+    match summary.outcome {
+        qmedic::playbook::Outcome::Succeeded => Ok(()),
+        other => Err(Failure::Failed(format!(
+            "run {} of `{}` {}: {}",
+            summary.run_id.unwrap_or_default(),
+            summary.playbook,
+            other.as_str(),
+            summary.error.as_deref().unwrap_or("")
+        ))),
+    }
+}
+
+fn run_text(s: &qmedic::RunSummary) -> String {
+    let mut out = format!(
+        "run {} of {}: {}{} in {} ms\n",
+        s.run_id.unwrap_or_default(),
+        s.playbook,
+        s.outcome.as_str(),
+        if s.dry_run { " (dry run)" } else { "" },
+        s.duration_ms
+    );
+    for step in &s.steps {
+        out += &format!(
+            "  {:<10} {} ({}) {} ms{}\n",
+            step.outcome,
+            step.step,
+            step.uses,
+            step.duration_ms,
+            step.error
+                .as_ref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
         );
+        for line in &step.log {
+            out += &format!("             | {line}\n");
+        }
+    }
+    if let Some(e) = &s.error {
+        out += &format!("  error: {e}\n");
+    }
+    for c in &s.changes {
+        out += &format!("  change: {c}\n");
+    }
+    out
+}
+
+async fn history(
+    config: &Config,
+    playbook: Option<String>,
+    limit: u32,
+    run: Option<i64>,
+    output: Output,
+) -> Result<(), Failure> {
+    let store = open_store(config).await?;
+    if let Some(id) = run {
+        let run = store
+            .run(id)
+            .await
+            .map_err(|e| Failure::Failed(e.to_string()))?
+            .ok_or_else(|| Failure::Usage(format!("no run {id} in {}", config.store)))?;
+        print_doc(output, &run, || {
+            serde_json::to_string_pretty(&run).unwrap_or_default() + "\n"
+        });
+        return Ok(());
+    }
+    let runs = store
+        .runs(&qmedic::store::RunQuery { playbook, limit })
+        .await
+        .map_err(|e| Failure::Failed(e.to_string()))?;
+    print_doc(output, &runs, || {
+        let mut out = format!(
+            "{:>6}  {:<24} {:<9} {:<14} {:<20} {:>8}  error\n",
+            "run", "playbook", "trigger", "outcome", "started (UTC)", "ms"
+        );
+        for r in &runs {
+            let started = chrono::DateTime::from_timestamp_millis(r.started_at)
+                .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                .unwrap_or_default();
+            let took = r
+                .finished_at
+                .map(|f| (f - r.started_at).to_string())
+                .unwrap_or_else(|| "-".into());
+            out += &format!(
+                "{:>6}  {:<24} {:<9} {:<14} {:<20} {:>8}  {}\n",
+                r.id,
+                r.playbook,
+                r.trigger,
+                format!("{}{}", r.outcome, if r.dry_run { "*" } else { "" }),
+                started,
+                took,
+                r.error.as_deref().unwrap_or("")
+            );
+        }
+        out
+    });
+    Ok(())
+}
+
+async fn serve(config: &Config, runtime: Runtime) -> Result<(), Failure> {
+    let catalog = qmedic::Catalog::new(&runtime, config);
+    let playbooks = load_playbooks(&config.playbooks, &catalog)?;
+    let store = open_store(config).await?;
+    let agent = config.agent_name();
+    match store.abandon_runs(&agent, qmedic::store::now_ms()).await {
+        Ok(0) => {}
+        Ok(n) => {
+            tracing::warn!(agent = %agent, runs = n, "marked runs left running by an earlier start as abandoned")
+        }
+        Err(e) => return Err(Failure::Failed(e.to_string())),
+    }
+    let executor = qmedic::Executor::new(
+        runtime.clone(),
+        store,
+        agent.clone(),
+        qmedic::Metrics::new(),
+    );
+    let schedules = qmedic::triggers::spawn_schedules(&executor, &playbooks);
+    let app = qmedic::server::router(qmedic::server::Api {
+        runtime,
+        executor,
+        playbooks: Arc::new(playbooks),
+    });
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .map_err(|e| {
@@ -486,11 +819,27 @@ async fn serve(config: &Config, runtime: Runtime) -> Result<(), Failure> {
                 config.listen
             ))
         })?;
-    tracing::info!("qmedic serving on http://{}", config.listen);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+    tracing::info!(agent = %agent, store = %config.store.split('@').next_back().unwrap_or(""), "qmedic serving on http://{}", config.listen);
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown())
         .await
-        .map_err(|e| Failure::Failed(format!("HTTP server stopped: {e}")))
+        .map_err(|e| Failure::Failed(format!("HTTP server stopped: {e}")));
+    for s in schedules {
+        s.abort();
+    }
+    served
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async {
+            match term.as_mut() {
+                Some(t) => { t.recv().await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => {}
+    }
 }

@@ -32,6 +32,10 @@ pub struct Manifest {
     /// scalers) they may reach; a call to an interface not listed here is denied.
     #[serde(default)]
     pub capabilities: Vec<Capability>,
+    /// Actions only: the action takes `"dry-run": true` in its params and then changes nothing,
+    /// so a playbook's dry run calls it; other actions are skipped in a dry run.
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 /// Whether a plugin exports `broker` (adapter) or `run` (action).

@@ -204,6 +204,40 @@ impl CallError {
         )
     }
 
+    /// The plugin the call was for.
+    pub fn plugin(&self) -> &str {
+        match self {
+            CallError::NotFound { name, .. } => name,
+            CallError::WrongKind { plugin, .. }
+            | CallError::Quarantined { plugin, .. }
+            | CallError::Timeout { plugin, .. }
+            | CallError::Memory { plugin, .. }
+            | CallError::StackOverflow { plugin }
+            | CallError::Output { plugin, .. }
+            | CallError::Panic { plugin, .. }
+            | CallError::Trap { plugin, .. }
+            | CallError::Plugin { plugin, .. }
+            | CallError::Busy { plugin, .. } => plugin,
+        }
+    }
+
+    /// One word for metrics: the limit hit, or the plugin's own error kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CallError::NotFound { .. } => "not-found",
+            CallError::WrongKind { .. } => "wrong-kind",
+            CallError::Quarantined { .. } => "quarantined",
+            CallError::Timeout { .. } => "timeout",
+            CallError::Memory { .. } => "memory",
+            CallError::StackOverflow { .. } => "stack",
+            CallError::Output { .. } => "output",
+            CallError::Panic { .. } => "panic",
+            CallError::Trap { .. } => "trap",
+            CallError::Plugin { error, .. } => error.kind(),
+            CallError::Busy { .. } => "busy",
+        }
+    }
+
     /// Whether the caller's input or request was at fault (exit code 2 in the CLI).
     pub fn is_usage(&self) -> bool {
         matches!(
@@ -419,12 +453,42 @@ impl From<crate::host::bindings::QueueStats> for QueueStats {
     }
 }
 
-/// Ask the adapter serving `conn` for `queue`'s stats, outside any action.
+/// A read an adapter answers directly for the CLI and the playbook built-ins.
+enum Query<'a> {
+    Stats(&'a str),
+    List(&'a str),
+}
+
+enum Answer {
+    Stats(QueueStats),
+    List(Vec<String>),
+}
+
+/// A queue's stats from the adapter serving `conn`.
 pub(crate) async fn adapter_stats(
     env: &Arc<Env>,
     conn: &str,
     queue: &str,
 ) -> Result<QueueStats, CallError> {
+    match adapter_query(env, conn, Query::Stats(queue)).await? {
+        Answer::Stats(stats) => Ok(stats),
+        Answer::List(_) => unreachable!("a stats query is answered with stats"),
+    }
+}
+
+/// Queue names matching `pattern` from the adapter serving `conn`.
+pub(crate) async fn adapter_list(
+    env: &Arc<Env>,
+    conn: &str,
+    pattern: &str,
+) -> Result<Vec<String>, CallError> {
+    match adapter_query(env, conn, Query::List(pattern)).await? {
+        Answer::List(names) => Ok(names),
+        Answer::Stats(_) => unreachable!("a list query is answered with names"),
+    }
+}
+
+async fn adapter_query(env: &Arc<Env>, conn: &str, query: Query<'_>) -> Result<Answer, CallError> {
     let not_found = |msg: String| CallError::Plugin {
         plugin: "qmedic".into(),
         error: PluginFailure::NotFound(msg),
@@ -444,11 +508,18 @@ pub(crate) async fn adapter_stats(
     let limits = plugin.limits;
     let mut store = new_store(env, plugin.clone(), Instant::now() + limits.timeout);
     let call = async {
-        let adapter = pre.instantiate_async(&mut store).await?;
-        adapter
-            .qmedic_plugin_broker()
-            .call_stats(&mut store, conn, queue)
-            .await
+        let instance = pre.instantiate_async(&mut store).await?;
+        let broker = instance.qmedic_plugin_broker();
+        Ok::<_, wasmtime::Error>(match query {
+            Query::Stats(queue) => broker
+                .call_stats(&mut store, conn, queue)
+                .await?
+                .map(|s| Answer::Stats(QueueStats::from(s))),
+            Query::List(pattern) => broker
+                .call_list(&mut store, conn, pattern)
+                .await?
+                .map(Answer::List),
+        })
     };
     let outcome = match tokio::time::timeout(limits.timeout + GRACE, call).await {
         Err(_) => Err(CallError::Timeout {
@@ -460,7 +531,7 @@ pub(crate) async fn adapter_stats(
             plugin: adapter.clone(),
             error: returned.into(),
         }),
-        Ok(Ok(Ok(stats))) => Ok(QueueStats::from(stats)),
+        Ok(Ok(Ok(answer))) => Ok(answer),
     };
     match &outcome {
         Ok(_) => plugin.record_success(),

@@ -177,6 +177,14 @@ pub struct Runtime {
     _ticker: Arc<engine::EpochTicker>,
 }
 
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("plugins", &self.plugins().len())
+            .finish_non_exhaustive()
+    }
+}
+
 /// What loading needs beyond [`Env`]: linkers, cache and the config's plugin entries.
 struct Loader {
     action_linker: Linker<HostState>,
@@ -480,6 +488,11 @@ impl Runtime {
     /// A queue's stats from the adapter serving `connection`.
     pub async fn stats(&self, connection: &str, queue: &str) -> Result<QueueStats, CallError> {
         call::adapter_stats(&self.env, connection, queue).await
+    }
+
+    /// Queue names matching a glob, from the adapter serving `connection`.
+    pub async fn list(&self, connection: &str, pattern: &str) -> Result<Vec<String>, CallError> {
+        call::adapter_list(&self.env, connection, pattern).await
     }
 
     /// Load a plugin again from where it came from, ending its quarantine.
