@@ -871,7 +871,7 @@ fn trigger_map(req: &RunRequest) -> Map {
     m.insert("dry_run".into(), Dynamic::from(req.dry_run));
     m.insert(
         "tick".into(),
-        req.tick_at.map_or(Dynamic::UNIT, |t| Dynamic::from(t)),
+        req.tick_at.map_or(Dynamic::UNIT, Dynamic::from),
     );
     let labels: Map = req
         .labels

@@ -295,6 +295,22 @@ impl Checker<'_> {
                     ),
                 );
             }
+            if is_identifier(name)
+                && self
+                    .scripting
+                    .compile_expression(&format!("params.{name}"))
+                    .is_err()
+            {
+                let at = self.at(&p.referenced);
+                self.fail(
+                    at,
+                    Problem::BadValue,
+                    format!(
+                        "param `{name}` is a reserved word in expressions, so `params.{name}` \
+                         cannot be read; pick another name"
+                    ),
+                );
+            }
             let ty = p.value.ty;
             let default = match &p.value.default {
                 Some(d) => match ty.coerce(&d.value) {
@@ -472,6 +488,20 @@ impl Checker<'_> {
                     format!(
                         "step id `{}`: expressions read it as `steps.{}`, so use letters, digits \
                          and `_`; e.g. `{fixed}`",
+                        id.value, id.value
+                    ),
+                );
+            } else if self
+                .scripting
+                .compile_expression(&format!("steps.{}", id.value))
+                .is_err()
+            {
+                self.fail(
+                    here,
+                    Problem::BadValue,
+                    format!(
+                        "step id `{}` is a reserved word in expressions, so `steps.{}` cannot \
+                         be read; pick another id",
                         id.value, id.value
                     ),
                 );
@@ -814,7 +844,7 @@ impl Checker<'_> {
     }
 
     /// Where `line`:`column` of code that starts `offset` characters into the scalar at `span`
-    /// is in the file. Block scalars (`|`, `>`) start on the next line.
+    /// is in the file.
     fn code_at(
         &self,
         span: &serde_saphyr::Location,
@@ -840,7 +870,9 @@ impl Checker<'_> {
             let col = start_col + quote + offset + column - 1;
             Location::at(self.path, start_line as u64, col as u64)
         } else {
-            Location::at(self.path, (start_line + line - 1) as u64, column as u64)
+            // A block scalar's span is its first content line; every line shares its indent.
+            let col = start_col + column - 1;
+            Location::at(self.path, (start_line + line - 1) as u64, col as u64)
         }
     }
 }
@@ -869,7 +901,7 @@ fn references<'a>(code: &'a str, root: &str) -> Vec<(usize, &'a str)> {
             _ => {
                 let boundary = i == 0 || !is_ident_byte(bytes[i - 1]);
                 if boundary
-                    && code[i..].starts_with(root)
+                    && bytes[i..].starts_with(root.as_bytes())
                     && bytes.get(i + root.len()) == Some(&b'.')
                 {
                     let start = i + root.len() + 1;

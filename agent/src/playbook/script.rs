@@ -107,7 +107,7 @@ impl Scripting {
         let mut scope = cx.scope();
         self.expressions
             .eval_ast_with_scope::<Dynamic>(&mut scope, ast)
-            .map_err(|e| runtime_error(e, EXPRESSION_OPERATIONS))
+            .map_err(|e| runtime_error(*e, EXPRESSION_OPERATIONS))
     }
 
     /// Run a `script:` step with the host functions, until `deadline` at the latest.
@@ -126,7 +126,7 @@ impl Scripting {
         let mut scope = cx.scope();
         engine
             .eval_ast_with_scope::<Dynamic>(&mut scope, ast)
-            .map_err(|e| runtime_error(e, SCRIPT_OPERATIONS))
+            .map_err(|e| runtime_error(*e, SCRIPT_OPERATIONS))
     }
 }
 
@@ -196,13 +196,13 @@ fn compile_error(e: rhai::ParseError) -> CompileError {
 }
 
 /// A run-time error in words an operator can act on.
-fn runtime_error(e: Box<EvalAltResult>, operations: u64) -> String {
+fn runtime_error(e: EvalAltResult, operations: u64) -> String {
     let at = e.position();
     let place = match (at.line(), at.position()) {
         (Some(l), Some(c)) => format!(" (line {l}, column {c} of the code)"),
         _ => String::new(),
     };
-    match *e {
+    match e {
         EvalAltResult::ErrorTooManyOperations(_) => format!(
             "stopped after {operations} operations, the budget of playbook code; an endless loop?{place}"
         ),
@@ -215,7 +215,7 @@ fn runtime_error(e: Box<EvalAltResult>, operations: u64) -> String {
         }
         EvalAltResult::ErrorTerminated(why, _) => format!("stopped: it ran past {why}{place}"),
         EvalAltResult::ErrorInFunctionCall(name, _, inner, _) => {
-            format!("in `{name}`: {}", runtime_error(inner, operations))
+            format!("in `{name}`: {}", runtime_error(*inner, operations))
         }
         EvalAltResult::ErrorRuntime(value, _) => format!("{value}{place}"),
         mut other => {
