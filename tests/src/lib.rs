@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod agent;
 pub mod rabbit;
 
 use std::fmt::Debug;
