@@ -87,8 +87,11 @@ fn a_runaway_script_fails_its_run_and_the_agent_keeps_serving() {
 fn a_cooldown_survives_a_restart_of_serve() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
-    let playbook = "name: cool\non:\n  schedule: \"* * * * * *\"\nsafety:\n  cooldown: 1h\nsteps:\n  - uses: log\n    with: { message: remediated }\n";
+    let playbook = "name: cool\non:\n  schedule: \"* * * * * *\"\nsafety:\n  cooldown: 1h\nsteps:\n  - uses: noop\n    with: { remediated: true }\n";
     let config = setup(dir.path(), port, &[("cool", playbook)]);
+    let mut yaml = std::fs::read_to_string(&config).expect("config");
+    yaml += &format!("plugins:\n{}", qmedic_tests::plugin_entry("noop", ""));
+    std::fs::write(&config, yaml).expect("config");
     let mut first = Agent::start(Path::new(BIN), &config, port);
     wait_for(Duration::from_secs(15), "the first run", || {
         (!with_outcome(&runs(&first, "cool"), "succeeded").is_empty()).then_some(())

@@ -259,8 +259,17 @@ async fn runaway_scripts_end_their_step_with_a_clear_error() {
 #[tokio::test]
 async fn cooldown_and_max_runs_hold_between_runs() {
     let h = harness().await;
+    let looking = h.playbook(
+        "name: looking\nsafety:\n  cooldown: 1h\nsteps:\n  - uses: log\n    with: { message: hi }\n",
+    );
+    assert_eq!(h.run(&looking, &[], false).await.outcome, Outcome::Succeeded);
+    assert_eq!(
+        h.run(&looking, &[], false).await.outcome,
+        Outcome::Succeeded,
+        "a run that changed nothing starts no cooldown"
+    );
     let cooling = h.playbook(
-        "name: cooling\nsafety:\n  cooldown: 1h\nsteps:\n  - uses: log\n    with: { message: hi }\n",
+        "name: cooling\nsafety:\n  cooldown: 1h\nsteps:\n  - uses: noop\n    with: { x: 1 }\n",
     );
     assert_eq!(
         h.run(&cooling, &[], false).await.outcome,

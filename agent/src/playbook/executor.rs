@@ -339,8 +339,10 @@ impl Executor {
         let mut s = summary(outcome, error);
         s.steps = records;
         s.changes = changes;
+        // The cooldown follows a change: a run that only looked leaves the next one free.
         if outcome.ran()
             && !dry_run
+            && !s.changes.is_empty()
             && let Some(cooldown) = playbook.safety.cooldown
         {
             let until = now_ms() + i64::try_from(cooldown.as_millis()).unwrap_or(i64::MAX / 4);

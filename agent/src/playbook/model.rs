@@ -128,7 +128,8 @@ pub struct Safety {
     pub lock: Option<Template>,
     /// How long a lease lives without renewal; a run renews it at a third of this.
     pub lock_ttl: Duration,
-    /// After a run, no new run for the same playbook and target for this long.
+    /// After a run that changed something (called an action), no new run for the same
+    /// playbook and target for this long.
     pub cooldown: Option<Duration>,
     /// At most this many runs per window.
     pub max_runs: Option<MaxRuns>,
