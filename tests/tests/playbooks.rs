@@ -262,7 +262,10 @@ async fn cooldown_and_max_runs_hold_between_runs() {
     let looking = h.playbook(
         "name: looking\nsafety:\n  cooldown: 1h\nsteps:\n  - uses: log\n    with: { message: hi }\n",
     );
-    assert_eq!(h.run(&looking, &[], false).await.outcome, Outcome::Succeeded);
+    assert_eq!(
+        h.run(&looking, &[], false).await.outcome,
+        Outcome::Succeeded
+    );
     assert_eq!(
         h.run(&looking, &[], false).await.outcome,
         Outcome::Succeeded,

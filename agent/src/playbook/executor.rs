@@ -632,7 +632,9 @@ impl Executor {
                 let d = humantime::parse_duration(&text).map_err(|e| {
                     StepFailure::Failed(format!("`{text}` is not a duration ({e})"))
                 })?;
-                tokio::time::sleep(d).await;
+                if !d.is_zero() {
+                    tokio::time::sleep(d).await;
+                }
                 Ok((
                     serde_json::json!({ "slept_ms": d.as_millis() as u64 }),
                     "succeeded",

@@ -6,7 +6,7 @@ use std::sync::Once;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::{AnyPool, Row, SqlSafeStr};
+use sqlx::{AnyPool, Executor, Row, SqlSafeStr};
 
 use super::{
     AuditEntry, Finish, Lease, NewRun, RunQuery, RunRecord, StepRecord, Store, StoreError,
@@ -62,11 +62,19 @@ impl SqlStore {
             url: redact(location),
             source,
         };
-        let pool = AnyPoolOptions::new()
-            .max_connections(if postgres { 8 } else { 4 })
-            .connect(&url)
-            .await
-            .map_err(open_error)?;
+        let mut options = AnyPoolOptions::new().max_connections(if postgres { 8 } else { 4 });
+        if !postgres {
+            // WAL lets `qmedic run` and `qmedic history` work beside `serve`; NORMAL syncs at
+            // checkpoints instead of every write, which WAL keeps safe from corruption.
+            options = options.after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")
+                        .await
+                        .map(|_| ())
+                })
+            });
+        }
+        let pool = options.connect(&url).await.map_err(open_error)?;
         let backend = if postgres { "postgres" } else { "sqlite" };
         let sql = if postgres {
             include_str!("../../migrations/postgres/0001_runs.sql")
