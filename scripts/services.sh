@@ -34,4 +34,28 @@ rabbitmq() {
   return 1
 }
 
+# PostgreSQL on 127.0.0.1:5432, for the fleet tests (two agents sharing one store). The machine
+# runs it with trust auth for local connections; each test makes and drops its own database.
+postgres() {
+  if ! command -v pg_isready >/dev/null; then
+    log "installing postgresql"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  fi
+  if ! pg_isready -q -h 127.0.0.1 -p 5432; then
+    log "starting postgresql"
+    (service postgresql start || pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort -V | tail -1)" main start) >/dev/null 2>&1 || true
+  fi
+  for _ in $(seq 1 60); do
+    if psql -h 127.0.0.1 -U postgres -d postgres -Atqc 'select 1' >/dev/null 2>&1; then
+      return 0
+    fi
+    sleep 1
+  done
+  log "PostgreSQL on 127.0.0.1:5432 does not take user postgres (set QMEDIC_TEST_POSTGRES for another server)"
+  return 1
+}
+
 rabbitmq
+if [ -z "${QMEDIC_TEST_POSTGRES:-}" ]; then
+  postgres
+fi
