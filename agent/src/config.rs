@@ -30,8 +30,9 @@ pub struct Config {
     #[serde(default)]
     pub agent: Option<String>,
     /// Playbook files, or folders of `*.yaml` / `*.yml` playbooks, relative to this file.
-    #[serde(default = "default_playbooks")]
-    pub playbooks: Vec<PathBuf>,
+    /// Default: the folder `playbooks` beside this file, when there is one.
+    #[serde(default)]
+    pub playbooks: Option<Vec<PathBuf>>,
     /// Sandbox settings shared by every plugin.
     #[serde(default)]
     pub runtime: RuntimeConfig,
@@ -205,9 +206,6 @@ pub struct PluginConfig {
 fn default_listen() -> String {
     "127.0.0.1:9464".into()
 }
-fn default_playbooks() -> Vec<PathBuf> {
-    vec![PathBuf::from("playbooks")]
-}
 fn default_store() -> String {
     "qmedic.db".into()
 }
@@ -254,7 +252,7 @@ impl Default for Config {
             listen: default_listen(),
             store: default_store(),
             agent: None,
-            playbooks: default_playbooks(),
+            playbooks: None,
             runtime: RuntimeConfig::default(),
             connections: BTreeMap::new(),
             scalers: BTreeMap::new(),
@@ -311,7 +309,11 @@ impl Config {
         let path = self.path.clone();
         let at = |key: &str| Location::of_key(&path, text, key);
         let base = path.parent().unwrap_or(Path::new("."));
-        self.playbooks = self.playbooks.iter().map(|p| base.join(p)).collect();
+        if let Some(paths) = &mut self.playbooks {
+            for p in paths.iter_mut() {
+                *p = base.join(&*p);
+            }
+        }
         if !self.store.contains("://") {
             self.store = base.join(&self.store).to_string_lossy().into_owned();
         } else if !self.store.starts_with("postgres://")
@@ -398,6 +400,20 @@ impl Config {
     /// Where `key` is defined in this config, for errors found after parsing.
     pub fn locate(&self, key: &str) -> Location {
         Location::of_key(&self.path, &self.text, key)
+    }
+
+    /// Where playbooks are read from: `playbooks` as configured, else the `playbooks` folder
+    /// beside the config if it exists (none otherwise).
+    pub fn playbook_paths(&self) -> Vec<PathBuf> {
+        if let Some(paths) = &self.playbooks {
+            return paths.clone();
+        }
+        let default = self
+            .path
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join("playbooks");
+        if default.is_dir() { vec![default] } else { Vec::new() }
     }
 
     /// This agent's name: `agent` from the config, else the host name.

@@ -547,7 +547,7 @@ fn validate(
 ) -> Result<(), Failure> {
     let catalog = qmedic::Catalog::new(runtime, config);
     let paths = if paths.is_empty() {
-        config.playbooks.clone()
+        config.playbook_paths()
     } else {
         paths.to_vec()
     };
@@ -647,7 +647,7 @@ async fn run_playbook(
                 .map_err(|e| Failure::Usage(e.to_string()))?,
         )
     } else {
-        let all = load_playbooks(&config.playbooks, &catalog)?;
+        let all = load_playbooks(&config.playbook_paths(), &catalog)?;
         let names: Vec<String> = all.iter().map(|p| p.name.clone()).collect();
         all.into_iter()
             .find(|p| p.name == playbook)
@@ -655,7 +655,7 @@ async fn run_playbook(
                 Failure::Usage(format!(
                     "no playbook `{playbook}` in {}; it has {}",
                     config
-                        .playbooks
+                        .playbook_paths()
                         .iter()
                         .map(|p| p.display().to_string())
                         .collect::<Vec<_>>()
@@ -789,7 +789,7 @@ async fn history(
 
 async fn serve(config: &Config, runtime: Runtime) -> Result<(), Failure> {
     let catalog = qmedic::Catalog::new(&runtime, config);
-    let playbooks = load_playbooks(&config.playbooks, &catalog)?;
+    let playbooks = load_playbooks(&config.playbook_paths(), &catalog)?;
     let store = open_store(config).await?;
     let agent = config.agent_name();
     match store.abandon_runs(&agent, qmedic::store::now_ms()).await {

@@ -316,6 +316,13 @@ const PLAYBOOKS: &[Case] = &[
         Problem::BadValue,
         "reserved word",
     ),
+    case(
+        "scheduled with a required param",
+        "name: x\non:\n  schedule: \"0 * * * * *\"\nparams:\n  queue: { type: string }\nsteps:\n  - uses: log\n    with: { message: hi }\n",
+        (3, 13),
+        Problem::Missing,
+        "give it a default",
+    ),
 ];
 
 const CONFIGS: &[Case] = &[

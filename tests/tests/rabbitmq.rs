@@ -334,3 +334,66 @@ async fn set_limit_adds_a_policy_that_keeps_the_one_in_effect() {
     management("DELETE", "/policies/%2F/qmedic-test-ops", None);
     management("DELETE", &format!("/policies/%2F/qmedic.{q}"), None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_on_another_vhost_reads_that_vhost() {
+    let vhost = "qmedic-test-vhost";
+    management("PUT", &format!("/vhosts/{vhost}"), None);
+    let all = json!({ "configure": ".*", "write": ".*", "read": ".*" });
+    management("PUT", &format!("/permissions/{vhost}/guest"), Some(&all));
+    // The same queue name on both vhosts, empty on the default one and holding 3 on the other.
+    let (_conn, ch) = channel().await;
+    let q = queue(&ch, "vhost").await;
+    let other = lapin::Connection::connect(
+        &format!("amqp://guest:guest@127.0.0.1:5672/{vhost}"),
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .expect("connect to the vhost");
+    let och = other.create_channel().await.expect("channel");
+    fresh_queue(&och, &q, FieldTable::default()).await;
+    och.confirm_select(Default::default()).await.expect("confirms");
+    for body in ["a", "b", "c"] {
+        och.basic_publish(
+            "".into(),
+            q.as_str().into(),
+            BasicPublishOptions::default(),
+            body.as_bytes(),
+            BasicProperties::default(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+    }
+    let rt = runtime(&format!(
+        "connections:\n  rabbit:\n    kind: rabbitmq\n    url: amqp://127.0.0.1:5672/{vhost}\n    \
+         http_url: http://127.0.0.1:15672/api\n    username: guest\n    password: guest\nplugins:\n{}",
+        plugin_entry("broker-probe", "connections: [rabbit]"),
+    ));
+    // The management figures (here `extra.messages`) lag by its refresh interval.
+    let started = Instant::now();
+    loop {
+        let r = probe(&rt, json!([{ "op": "stats", "connection": "rabbit", "queue": q }]))
+            .await
+            .expect("stats");
+        assert_eq!(r[0]["depth"], 3, "the live depth is the vhost's: {}", r[0]);
+        if r[0]["extra"] == json!([["messages", 3.0]]) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the management API was asked about another vhost's queue: {}",
+            r[0]
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let list = probe(
+        &rt,
+        json!([{ "op": "list", "connection": "rabbit", "pattern": "qmedic-test.vh*" }]),
+    )
+    .await
+    .expect("list");
+    assert_eq!(list[0], json!([q]));
+    management("DELETE", &format!("/vhosts/{vhost}"), None);
+}

@@ -26,6 +26,7 @@ const MIN_PREFETCH: u16 = 1_000;
 /// The AMQP side of a connection: its address with credentials, and the live connection.
 pub(crate) struct AmqpPool {
     url: Option<String>,
+    vhost: String,
     connection: tokio::sync::Mutex<Option<lapin::Connection>>,
 }
 
@@ -53,13 +54,23 @@ impl AmqpPool {
             }
             _ => None,
         };
+        let vhost = match &url {
+            Some(u) => vhost_of(u)?,
+            None => "/".to_string(),
+        };
         Ok(AmqpPool {
             url,
+            vhost,
             connection: tokio::sync::Mutex::new(None),
         })
     }
 
     /// A new channel in confirm mode, connecting (again) when needed.
+    /// The virtual host the connection's URL names.
+    pub(crate) fn vhost(&self) -> &str {
+        &self.vhost
+    }
+
     pub(crate) async fn channel(&self, conn: &str) -> Result<Channel, WitError> {
         let url = self.url.as_deref().ok_or_else(|| {
             WitError::Invalid(format!(
@@ -101,6 +112,8 @@ pub(crate) struct AmqpSession {
     /// from a channel that has since closed is refused instead of settling whatever message
     /// has the same tag on the new channel.
     generation: u64,
+    /// Opened on the first publish.
+    publisher: Option<Channel>,
 }
 
 /// Bits of a handle that hold the delivery tag; the bits above hold the channel generation.
@@ -113,6 +126,7 @@ impl AmqpSession {
             consumers: HashMap::new(),
             unsettled: BTreeSet::new(),
             generation,
+            publisher: None,
         }
     }
 
@@ -200,10 +214,16 @@ impl AmqpSession {
         Ok(out)
     }
 
-    pub(crate) async fn publish(&self, conn: &str, msgs: Vec<Publishing>) -> Result<(), WitError> {
-        let mut confirms = Vec::with_capacity(msgs.len());
-        for (i, m) in msgs.into_iter().enumerate() {
-            let properties: BasicProperties = if m.properties.trim().is_empty() {
+    /// Publish on `channel` (a confirm-mode channel of this session's connection) and wait for
+    /// the broker's confirmation of every message.
+    pub(crate) async fn publish(
+        channel: &Channel,
+        conn: &str,
+        msgs: Vec<Publishing>,
+    ) -> Result<(), WitError> {
+        let mut properties = Vec::with_capacity(msgs.len());
+        for (i, m) in msgs.iter().enumerate() {
+            properties.push(if m.properties.trim().is_empty() {
                 BasicProperties::default()
             } else {
                 serde_json::from_str(&m.properties).map_err(|e| {
@@ -211,29 +231,35 @@ impl AmqpSession {
                         "message {i}: properties are not AMQP properties JSON: {e}"
                     ))
                 })?
-            };
-            let options = BasicPublishOptions {
-                mandatory: true,
-                ..BasicPublishOptions::default()
-            };
-            let confirm = self
-                .channel
-                .basic_publish(
-                    m.exchange.as_str().into(),
-                    m.routing_key.as_str().into(),
-                    options,
-                    &m.body,
-                    properties,
-                )
-                .await
-                .map_err(|e| broker_error(conn, "basic.publish", &e))?;
-            confirms.push((i, m.exchange, m.routing_key, confirm));
+            });
         }
-        for (i, exchange, key, confirm) in confirms {
+        let options = BasicPublishOptions {
+            mandatory: true,
+            ..BasicPublishOptions::default()
+        };
+        // Hand every message to the connection's writer before waiting for any: a publish
+        // resolves once its frames are written, and awaiting them one by one would cost a
+        // round through the I/O loop per message. They go out in order.
+        let sends = msgs.iter().zip(properties).map(|(m, p)| {
+            channel.basic_publish(
+                m.exchange.as_str().into(),
+                m.routing_key.as_str().into(),
+                options,
+                &m.body,
+                p,
+            )
+        });
+        let confirms = futures_util::future::try_join_all(sends)
+            .await
+            .map_err(|e| broker_error(conn, "basic.publish", &e))?;
+        for (i, (m, confirm)) in msgs.iter().zip(confirms).enumerate() {
             let outcome = confirm
                 .await
                 .map_err(|e| broker_error(conn, "waiting for publisher confirms", &e))?;
-            let target = format!("exchange `{exchange}` with routing key `{key}`");
+            let target = format!(
+                "exchange `{}` with routing key `{}`",
+                m.exchange, m.routing_key
+            );
             match outcome {
                 Confirmation::Ack(None) => {}
                 Confirmation::Ack(Some(_)) => {
@@ -254,6 +280,19 @@ impl AmqpSession {
             }
         }
         Ok(())
+    }
+
+    /// The channel to publish on: a second one, so the broker handles this session's publishing
+    /// and its deliveries in parallel (each channel is one process in RabbitMQ).
+    pub(crate) fn publisher(&self) -> Option<&Channel> {
+        self.publisher
+            .as_ref()
+            .filter(|c| c.status().connected())
+    }
+
+    /// Keep `channel` as this session's publishing channel.
+    pub(crate) fn set_publisher(&mut self, channel: Channel) {
+        self.publisher = Some(channel);
     }
 
     pub(crate) async fn ack(&mut self, conn: &str, tags: &[u64]) -> Result<(), WitError> {
@@ -325,6 +364,36 @@ impl AmqpSession {
     }
 }
 
+/// The virtual host of an `amqp://` URL: its path without the leading `/`, percent-decoded;
+/// `/` when the path is empty (`amqp://host` and `amqp://host/%2f` are both the default vhost).
+fn vhost_of(url: &str) -> Result<String, String> {
+    let parsed = Url::parse(url).map_err(|e| format!("url `{url}` is not a URL: {e}"))?;
+    let path = parsed.path().strip_prefix('/').unwrap_or(parsed.path());
+    if path.is_empty() {
+        return Ok("/".into());
+    }
+    percent_decode(path).ok_or_else(|| format!("url `{url}`: the vhost is not valid UTF-8"))
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(hex) = s.get(i + 1..i + 3)
+            && let Ok(b) = u8::from_str_radix(hex, 16)
+        {
+            out.push(b);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 fn unavailable(conn: &str, what: &str, e: &lapin::Error) -> WitError {
     WitError::Unavailable(format!("connection `{conn}`: {what}: {e}"))
 }
@@ -340,5 +409,18 @@ fn broker_error(conn: &str, what: &str, e: &lapin::Error) -> WitError {
         WitError::Denied(message)
     } else {
         WitError::Unavailable(message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::vhost_of;
+
+    #[test]
+    fn the_vhost_comes_from_the_url_path() {
+        assert_eq!(vhost_of("amqp://h:5672/%2f").as_deref(), Ok("/"));
+        assert_eq!(vhost_of("amqp://h:5672").as_deref(), Ok("/"));
+        assert_eq!(vhost_of("amqp://h/orders%2Dprod").as_deref(), Ok("orders-prod"));
+        assert_eq!(vhost_of("amqps://u:p@h:5671/team%2Fa").as_deref(), Ok("team/a"));
     }
 }

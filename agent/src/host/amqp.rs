@@ -39,6 +39,14 @@ macro_rules! on_channel {
 }
 
 impl Host for HostState {
+    async fn vhost(&mut self, conn: String) -> wasmtime::Result<Result<String, WitError>> {
+        if let Err(e) = self.check(Access::Amqp(&conn)) {
+            return Ok(Err(e));
+        }
+        let env = self.env.clone();
+        Ok(env.connection(&conn).map(|c| c.amqp.vhost().to_string()))
+    }
+
     async fn declare_passive(
         &mut self,
         conn: String,
@@ -63,7 +71,28 @@ impl Host for HostState {
         conn: String,
         msgs: Vec<Publishing>,
     ) -> wasmtime::Result<Result<(), WitError>> {
-        on_channel!(self, &conn, |s| s.publish(&conn, msgs))
+        if let Err(e) = self.amqp_session(&conn).await {
+            return Ok(Err(e));
+        }
+        let channel = match self.amqp.get(&conn).and_then(AmqpSession::publisher) {
+            Some(c) => c.clone(),
+            None => {
+                let env = self.env.clone();
+                let opened = match env.connection(&conn) {
+                    Ok(c) => c.amqp.channel(&conn).await,
+                    Err(e) => Err(e),
+                };
+                let channel = match opened {
+                    Ok(c) => c,
+                    Err(e) => return Ok(Err(e)),
+                };
+                if let Some(session) = self.amqp.get_mut(&conn) {
+                    session.set_publisher(channel.clone());
+                }
+                channel
+            }
+        };
+        Ok(AmqpSession::publish(&channel, &conn, msgs).await)
     }
 
     async fn ack(

@@ -267,7 +267,7 @@ impl Checker<'_> {
             );
         }
         let params = self.params(&raw.params);
-        let on = self.triggers(raw.on);
+        let on = self.triggers(raw.on, &params);
         let safety = self.safety(raw.safety);
         let steps = self.steps(raw.steps);
         Playbook {
@@ -347,7 +347,19 @@ impl Checker<'_> {
         params
     }
 
-    fn triggers(&mut self, raw: RawOn) -> Triggers {
+    fn triggers(&mut self, raw: RawOn, params: &BTreeMap<String, Param>) -> Triggers {
+        if let Some(s) = &raw.schedule
+            && let Some((name, _)) = params.iter().find(|(_, p)| p.default.is_none())
+        {
+            let at = self.at(&s.referenced);
+            self.fail(
+                at,
+                Problem::Missing,
+                format!(
+                    "a scheduled run has nobody to give param `{name}` a value; give it a default"
+                ),
+            );
+        }
         let schedule = raw.schedule.and_then(|s| {
             match cron::Schedule::from_str(&s.value) {
                 Ok(cron) => Some(Schedule {

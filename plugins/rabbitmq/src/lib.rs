@@ -1,7 +1,7 @@
 //! The RabbitMQ adapter: broker-neutral `broker` calls in RabbitMQ's terms.
 //!
 //! - `stats` takes ready messages and consumers from a passive declare (live) and rates,
-//!   unacknowledged counts and the dead-letter target from `/api/queues/%2F/{queue}` in the
+//!   unacknowledged counts and the dead-letter target from `/api/queues/{vhost}/{queue}` in the
 //!   management API (through the connection's `http_url`), whose figures lag by its refresh
 //!   interval. Without the API it says so in the stats (`extra` holds
 //!   `source.passive-declare = 1`).
@@ -54,6 +54,11 @@ fn percent_encode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// The connection's virtual host, encoded for a management API path (`/` is `%2F`).
+fn vhost(conn: &str) -> Result<String, Error> {
+    Ok(percent_encode(&amqp::vhost(conn)?))
 }
 
 /// GET a management API path as JSON; `None` when the API cannot be reached at all.
@@ -207,7 +212,7 @@ impl Adapter for RabbitMq {
             }
             Err(e) => return Err(e),
         };
-        let managed = management(&conn, &format!("/queues/%2F/{}", percent_encode(&queue)))?;
+        let managed = management(&conn, &format!("/queues/{}/{}", vhost(&conn)?, percent_encode(&queue)))?;
         match (managed, live) {
             (Some(q), live) => {
                 let dead_letter = q
@@ -251,7 +256,7 @@ impl Adapter for RabbitMq {
     }
 
     fn list(conn: String, pattern: String) -> Result<Vec<String>, Error> {
-        let Some(queues) = management(&conn, "/queues/%2F?columns=name")? else {
+        let Some(queues) = management(&conn, &format!("/queues/{}?columns=name", vhost(&conn)?))? else {
             return Err(Error::Unavailable(format!(
                 "listing queues on `{conn}` needs the management API; set the connection's http_url"
             )));
@@ -376,7 +381,7 @@ impl Adapter for RabbitMq {
             )));
         }
         let encoded = percent_encode(&queue);
-        let Some(q) = management(&conn, &format!("/queues/%2F/{encoded}"))? else {
+        let Some(q) = management(&conn, &format!("/queues/{}/{encoded}", vhost(&conn)?))? else {
             return Err(Error::Unavailable(format!(
                 "setting `{name}` on `{queue}` needs the management API on `{conn}`; set its http_url"
             )));
@@ -393,7 +398,7 @@ impl Adapter for RabbitMq {
             .filter(|p| !p.is_empty() && !p.starts_with("qmedic."));
         let priority = match current {
             Some(policy) => {
-                management(&conn, &format!("/policies/%2F/{}", percent_encode(policy)))?
+                management(&conn, &format!("/policies/{}/{}", vhost(&conn)?, percent_encode(policy)))?
                     .and_then(|p| p.get("priority")?.as_i64())
                     .unwrap_or(0)
                     + 1
@@ -410,7 +415,7 @@ impl Adapter for RabbitMq {
         call_management(
             &conn,
             "PUT",
-            &format!("/policies/%2F/qmedic.{encoded}"),
+            &format!("/policies/{}/qmedic.{encoded}", vhost(&conn)?),
             Some(&policy),
         )?
         .ok_or_else(|| {
