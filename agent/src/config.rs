@@ -413,7 +413,11 @@ impl Config {
             .parent()
             .unwrap_or(Path::new("."))
             .join("playbooks");
-        if default.is_dir() { vec![default] } else { Vec::new() }
+        if default.is_dir() {
+            vec![default]
+        } else {
+            Vec::new()
+        }
     }
 
     /// This agent's name: `agent` from the config, else the host name.

@@ -352,7 +352,9 @@ async fn a_connection_on_another_vhost_reads_that_vhost() {
     .expect("connect to the vhost");
     let och = other.create_channel().await.expect("channel");
     fresh_queue(&och, &q, FieldTable::default()).await;
-    och.confirm_select(Default::default()).await.expect("confirms");
+    och.confirm_select(Default::default())
+        .await
+        .expect("confirms");
     for body in ["a", "b", "c"] {
         och.basic_publish(
             "".into(),
@@ -374,9 +376,12 @@ async fn a_connection_on_another_vhost_reads_that_vhost() {
     // The management figures (here `extra.messages`) lag by its refresh interval.
     let started = Instant::now();
     loop {
-        let r = probe(&rt, json!([{ "op": "stats", "connection": "rabbit", "queue": q }]))
-            .await
-            .expect("stats");
+        let r = probe(
+            &rt,
+            json!([{ "op": "stats", "connection": "rabbit", "queue": q }]),
+        )
+        .await
+        .expect("stats");
         assert_eq!(r[0]["depth"], 3, "the live depth is the vhost's: {}", r[0]);
         if r[0]["extra"] == json!([["messages", 3.0]]) {
             break;

@@ -285,9 +285,7 @@ impl AmqpSession {
     /// The channel to publish on: a second one, so the broker handles this session's publishing
     /// and its deliveries in parallel (each channel is one process in RabbitMQ).
     pub(crate) fn publisher(&self) -> Option<&Channel> {
-        self.publisher
-            .as_ref()
-            .filter(|c| c.status().connected())
+        self.publisher.as_ref().filter(|c| c.status().connected())
     }
 
     /// Keep `channel` as this session's publishing channel.
@@ -420,7 +418,13 @@ mod tests {
     fn the_vhost_comes_from_the_url_path() {
         assert_eq!(vhost_of("amqp://h:5672/%2f").as_deref(), Ok("/"));
         assert_eq!(vhost_of("amqp://h:5672").as_deref(), Ok("/"));
-        assert_eq!(vhost_of("amqp://h/orders%2Dprod").as_deref(), Ok("orders-prod"));
-        assert_eq!(vhost_of("amqps://u:p@h:5671/team%2Fa").as_deref(), Ok("team/a"));
+        assert_eq!(
+            vhost_of("amqp://h/orders%2Dprod").as_deref(),
+            Ok("orders-prod")
+        );
+        assert_eq!(
+            vhost_of("amqps://u:p@h:5671/team%2Fa").as_deref(),
+            Ok("team/a")
+        );
     }
 }

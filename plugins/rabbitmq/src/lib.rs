@@ -212,7 +212,10 @@ impl Adapter for RabbitMq {
             }
             Err(e) => return Err(e),
         };
-        let managed = management(&conn, &format!("/queues/{}/{}", vhost(&conn)?, percent_encode(&queue)))?;
+        let managed = management(
+            &conn,
+            &format!("/queues/{}/{}", vhost(&conn)?, percent_encode(&queue)),
+        )?;
         match (managed, live) {
             (Some(q), live) => {
                 let dead_letter = q
@@ -256,7 +259,8 @@ impl Adapter for RabbitMq {
     }
 
     fn list(conn: String, pattern: String) -> Result<Vec<String>, Error> {
-        let Some(queues) = management(&conn, &format!("/queues/{}?columns=name", vhost(&conn)?))? else {
+        let Some(queues) = management(&conn, &format!("/queues/{}?columns=name", vhost(&conn)?))?
+        else {
             return Err(Error::Unavailable(format!(
                 "listing queues on `{conn}` needs the management API; set the connection's http_url"
             )));
@@ -398,9 +402,12 @@ impl Adapter for RabbitMq {
             .filter(|p| !p.is_empty() && !p.starts_with("qmedic."));
         let priority = match current {
             Some(policy) => {
-                management(&conn, &format!("/policies/{}/{}", vhost(&conn)?, percent_encode(policy)))?
-                    .and_then(|p| p.get("priority")?.as_i64())
-                    .unwrap_or(0)
+                management(
+                    &conn,
+                    &format!("/policies/{}/{}", vhost(&conn)?, percent_encode(policy)),
+                )?
+                .and_then(|p| p.get("priority")?.as_i64())
+                .unwrap_or(0)
                     + 1
             }
             None => 1,
