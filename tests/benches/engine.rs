@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, criterion_group};
 use qmedic::playbook::{Catalog, Outcome};
 use qmedic::{Executor, Metrics, Playbook, RunRequest, Runtime};
-use qmedic_tests::{config, plugin_entry};
+use qmedic_tests::{config, percentiles, plugin_entry};
 
 const PLAYBOOK: &str = r#"
 name: engine-bench
@@ -207,12 +207,6 @@ fn engine(c: &mut Criterion) {
         })
     });
     group.finish();
-}
-
-fn percentiles(mut samples: Vec<f64>) -> (f64, f64) {
-    samples.sort_by(f64::total_cmp);
-    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
-    (at(0.5), at(0.99))
 }
 
 /// Latency of one run at a time, and throughput with 8 runs in flight.

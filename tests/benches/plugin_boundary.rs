@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group};
 use qmedic::Runtime;
-use qmedic_tests::{plugin_entry, runtime};
+use qmedic_tests::{percentiles, plugin_entry, runtime};
 
 fn agent() -> Runtime {
     runtime(&format!(
@@ -93,13 +93,6 @@ fn boundary(c: &mut Criterion) {
         })
     });
     group.finish();
-}
-
-/// Median and 99th percentile of `samples`, in nanoseconds.
-fn percentiles(mut samples: Vec<f64>) -> (f64, f64) {
-    samples.sort_by(f64::total_cmp);
-    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
-    (at(0.5), at(0.99))
 }
 
 /// Per-call medians and p99s. Calls too short to time one by one are timed in batches and

@@ -73,3 +73,24 @@ pub async fn call(rt: &Runtime, plugin: &str, params: Value) -> Result<Value, Ca
     let report = rt.call_action(plugin, &params.to_string()).await.outcome?;
     Ok(serde_json::from_str(&report).expect("the report is JSON"))
 }
+
+/// A manual run request with text params, as `qmedic run --param k=v` makes one.
+pub fn run_request(params: &[(&str, &str)], dry_run: bool) -> qmedic::RunRequest {
+    qmedic::RunRequest {
+        trigger: "manual".into(),
+        who: "test".into(),
+        params: params
+            .iter()
+            .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
+            .collect(),
+        dry_run,
+        ..qmedic::RunRequest::default()
+    }
+}
+
+/// Median and 99th percentile of `samples`, for the benchmarks' tables.
+pub fn percentiles(mut samples: Vec<f64>) -> (f64, f64) {
+    samples.sort_by(f64::total_cmp);
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    (at(0.5), at(0.99))
+}

@@ -135,3 +135,20 @@ pub async fn reject_all(channel: &Channel, queue: &str, count: u32, dlq: &str) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A consumer that takes every message `queue` receives from now on, without acks: for checking
+/// what arrived.
+pub async fn watch(channel: &Channel, queue: &str) -> lapin::Consumer {
+    channel
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume")
+}

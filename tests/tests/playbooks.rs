@@ -2,15 +2,14 @@
 //! recorded, dry runs change nothing, scripts are bounded, and the safety gates (cooldown,
 //! max-runs, locks with fencing tokens) hold.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use qmedic::playbook::{Catalog, Outcome, RunError, parse};
 use qmedic::store::{AuditEntry, RunQuery, now_ms};
-use qmedic::{Executor, Metrics, Playbook, RunRequest, Store};
-use qmedic_tests::{config, plugin_entry};
+use qmedic::{Executor, Metrics, Playbook, Store};
+use qmedic_tests::{config, plugin_entry, run_request};
 
 struct Harness {
     executor: Executor,
@@ -56,7 +55,7 @@ impl Harness {
         dry_run: bool,
     ) -> qmedic::RunSummary {
         self.executor
-            .run(p, request(params, dry_run))
+            .run(p, run_request(params, dry_run))
             .await
             .expect("run starts")
     }
@@ -73,19 +72,6 @@ impl Harness {
             .collect();
         events.reverse();
         events
-    }
-}
-
-fn request(params: &[(&str, &str)], dry_run: bool) -> RunRequest {
-    RunRequest {
-        trigger: "manual".into(),
-        who: "test".into(),
-        params: params
-            .iter()
-            .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
-            .collect::<BTreeMap<_, _>>(),
-        dry_run,
-        ..RunRequest::default()
     }
 }
 
@@ -187,7 +173,7 @@ async fn params_are_typed_checked_and_suggested() {
             "param `n` is an int; `three` is not one",
         ),
     ] {
-        match h.executor.run(&p, request(params, false)).await {
+        match h.executor.run(&p, run_request(params, false)).await {
             Err(RunError::Params { message, .. }) => assert!(message.contains(says), "{message}"),
             other => panic!("{params:?} must be refused, got {other:?}"),
         }
@@ -390,7 +376,7 @@ async fn a_run_that_lost_its_lease_stops_before_its_next_change() {
     );
     let run = tokio::spawn({
         let executor = h.executor.clone();
-        async move { executor.run(&p, request(&[], false)).await }
+        async move { executor.run(&p, run_request(&[], false)).await }
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
     // Someone takes the lease over behind the run's back (as another agent would after the
@@ -426,7 +412,7 @@ async fn runs_of_one_lock_key_never_overlap() {
     let runs: Vec<_> = (0..4)
         .map(|_| {
             let (executor, p) = (h.executor.clone(), p.clone());
-            tokio::spawn(async move { executor.run(&p, request(&[], false)).await })
+            tokio::spawn(async move { executor.run(&p, run_request(&[], false)).await })
         })
         .collect();
     let mut outcomes = Vec::new();
@@ -454,7 +440,7 @@ async fn a_scheduled_tick_is_claimed_once_and_a_missed_one_runs_once() {
         "name: ticking\non:\n  schedule: \"*/10 * * * * *\"\nsteps:\n  - uses: log\n    with: { message: tick }\n",
     );
     let tick = 1_700_000_000_000_i64;
-    let mut req = request(&[], false);
+    let mut req = run_request(&[], false);
     req.tick_at = Some(tick);
     assert_eq!(
         h.executor.run(&p, req.clone()).await.expect("run").outcome,

@@ -4,12 +4,13 @@
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
+use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel};
 use qmedic::Runtime;
 use qmedic_tests::rabbit::{
     channel, connection_yaml, dead_lettering_queue, depth, fresh_queue, management, reject_all,
+    watch,
 };
 use qmedic_tests::{failure, plugin_entry, runtime};
 use serde_json::{Value, json};
@@ -45,6 +46,29 @@ async fn probe(rt: &Runtime, steps: Value) -> Result<Vec<Value>, qmedic::CallErr
     )
 }
 
+/// The adapter's stats for `queue`, asked every 500 ms until `done` accepts them (15 s at most:
+/// the management API refreshes its figures every few seconds).
+async fn stats_until(rt: &Runtime, queue: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let started = Instant::now();
+    loop {
+        let r = probe(
+            rt,
+            json!([{ "op": "stats", "connection": "rabbit", "queue": queue }]),
+        )
+        .await
+        .expect("stats");
+        if done(&r[0]) {
+            return r[0].clone();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the stats never got there: {}",
+            r[0]
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_stats_receive_and_settle_on_a_real_queue() {
     let (_conn, ch) = channel().await;
@@ -62,25 +86,8 @@ async fn publish_stats_receive_and_settle_on_a_real_queue() {
     );
 
     // The management API refreshes its figures every few seconds.
-    let started = Instant::now();
-    loop {
-        let r = probe(
-            &rt,
-            json!([{ "op": "stats", "connection": "rabbit", "queue": q }]),
-        )
-        .await
-        .expect("stats");
-        if r[0]["depth"] == 5 {
-            assert_eq!(r[0]["consumers"], 0);
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "management stats never showed 5: {}",
-            r[0]
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let stats = stats_until(&rt, &q, |s| s["depth"] == 5).await;
+    assert_eq!(stats["consumers"], 0);
 
     let r = probe(
         &rt,
@@ -193,18 +200,7 @@ async fn a_moved_message_keeps_its_body_properties_and_typed_headers() {
     assert_eq!(r[0], 1);
     assert_eq!(depth(&ch, &from).await, 0);
 
-    let mut consumer = ch
-        .basic_consume(
-            to.as_str().into(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("consume");
+    let mut consumer = watch(&ch, &to).await;
     let moved = tokio::time::timeout(Duration::from_secs(5), consumer.next())
         .await
         .expect("a message")
@@ -373,26 +369,13 @@ async fn a_connection_on_another_vhost_reads_that_vhost() {
          http_url: http://127.0.0.1:15672/api\n    username: guest\n    password: guest\nplugins:\n{}",
         plugin_entry("broker-probe", "connections: [rabbit]"),
     ));
-    // The management figures (here `extra.messages`) lag by its refresh interval.
-    let started = Instant::now();
-    loop {
-        let r = probe(
-            &rt,
-            json!([{ "op": "stats", "connection": "rabbit", "queue": q }]),
-        )
-        .await
-        .expect("stats");
-        assert_eq!(r[0]["depth"], 3, "the live depth is the vhost's: {}", r[0]);
-        if r[0]["extra"] == json!([["messages", 3.0]]) {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "the management API was asked about another vhost's queue: {}",
-            r[0]
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    // The management figures (here `extra.messages`) lag by its refresh interval; the live
+    // depth is the vhost's from the start.
+    stats_until(&rt, &q, |s| {
+        assert_eq!(s["depth"], 3, "the live depth is the vhost's: {s}");
+        s["extra"] == json!([["messages", 3.0]])
+    })
+    .await;
     let list = probe(
         &rt,
         json!([{ "op": "list", "connection": "rabbit", "pattern": "qmedic-test.vh*" }]),

@@ -5,12 +5,12 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
+use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use qmedic::Runtime;
 use qmedic_tests::rabbit::{
-    AMQP, connection_yaml, dead_lettering_queue, depth, fresh_queue, reject_all,
+    AMQP, connection_yaml, dead_lettering_queue, depth, fresh_queue, reject_all, watch,
 };
 use qmedic_tests::{call, failure, plugin_entry, runtime};
 use serde_json::{Value, json};
@@ -273,18 +273,7 @@ async fn dead_lettered_rabbitmq_messages_go_home_exactly_once() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let mut consumer = ch
-        .basic_consume(
-            orders.as_str().into(),
-            "check".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("consume");
+    let mut consumer = watch(&ch, &orders).await;
     let mut ids = BTreeSet::new();
     for _ in 0..N {
         let d = tokio::time::timeout(Duration::from_secs(10), consumer.next())

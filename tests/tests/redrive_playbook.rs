@@ -7,35 +7,27 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::BasicProperties;
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
+use lapin::options::BasicPublishOptions;
 use lapin::types::FieldTable;
 use qmedic::playbook::{Catalog, Outcome};
-use qmedic::{Executor, Metrics, RunRequest};
-use qmedic_tests::config;
+use qmedic::{Executor, Metrics};
 use qmedic_tests::rabbit::{
-    channel, connection_yaml, dead_lettering_queue, depth, fresh_queue, reject_all,
+    channel, connection_yaml, dead_lettering_queue, depth, fresh_queue, reject_all, watch,
 };
+use qmedic_tests::{config, run_request};
 
 const ORIGIN: &str = "qmedic.pb.orders";
 const DLQ: &str = "qmedic.pb.orders.dlq";
 
-fn request(dry_run: bool) -> RunRequest {
+/// A manual run on this test's queues.
+fn request() -> qmedic::RunRequest {
     let params = [
         ("connection", "rabbit"),
         ("queue", ORIGIN),
         ("dlq", DLQ),
         ("max", "100"),
     ];
-    RunRequest {
-        trigger: "manual".into(),
-        who: "test".into(),
-        params: params
-            .iter()
-            .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string())))
-            .collect(),
-        dry_run,
-        ..RunRequest::default()
-    }
+    run_request(&params, false)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -70,7 +62,7 @@ async fn the_redrive_playbook_waits_for_a_healthy_consumer_then_moves_everything
     let executor = Executor::new(runtime, store, "test".into(), Metrics::new());
 
     // No consumer on the origin: the redrive step is skipped and nothing moves.
-    let s = executor.run(&playbook, request(false)).await.expect("run");
+    let s = executor.run(&playbook, request()).await.expect("run");
     assert_eq!(s.outcome, Outcome::Succeeded, "{s:?}");
     let redrive = s
         .steps
@@ -85,19 +77,8 @@ async fn the_redrive_playbook_waits_for_a_healthy_consumer_then_moves_everything
     assert_eq!(depth(&ch, DLQ).await, 40);
 
     // A consumer comes back: the next run moves every message to it.
-    let mut consumer = ch
-        .basic_consume(
-            ORIGIN.into(),
-            "healthy".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("consume");
-    let s = executor.run(&playbook, request(false)).await.expect("run");
+    let mut consumer = watch(&ch, ORIGIN).await;
+    let s = executor.run(&playbook, request()).await.expect("run");
     assert_eq!(s.outcome, Outcome::Succeeded, "{s:?}");
     let redrive = s
         .steps
@@ -120,6 +101,6 @@ async fn the_redrive_playbook_waits_for_a_healthy_consumer_then_moves_everything
     assert_eq!(s.changes.len(), 1, "one change recorded: {:?}", s.changes);
 
     // The cooldown keeps the next trigger from redriving again straight away.
-    let s = executor.run(&playbook, request(false)).await.expect("run");
+    let s = executor.run(&playbook, request()).await.expect("run");
     assert_eq!(s.outcome, Outcome::Cooldown);
 }
