@@ -782,6 +782,9 @@ async fn history(
                 r.error.as_deref().unwrap_or("")
             );
         }
+        if runs.iter().any(|r| r.dry_run) {
+            out += "* dry run\n";
+        }
         out
     });
     Ok(())

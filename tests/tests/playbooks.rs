@@ -431,6 +431,17 @@ async fn runs_of_one_lock_key_never_overlap() {
     );
     // Released at the end of the run: the next one need not wait for the TTL.
     assert_eq!(h.run(&p, &[], false).await.outcome, Outcome::Succeeded);
+    // A dry run takes no lease, so it never holds up a real run.
+    let dry = tokio::spawn({
+        let (executor, p) = (h.executor.clone(), p.clone());
+        async move { executor.run(&p, run_request(&[], true)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(h.run(&p, &[], false).await.outcome, Outcome::Succeeded);
+    assert_eq!(
+        dry.await.expect("join").expect("run").outcome,
+        Outcome::Succeeded
+    );
 }
 
 #[tokio::test]

@@ -246,9 +246,9 @@ impl Executor {
             self.finish(run_id, &s, None).await?;
             return Ok(s);
         }
+        // A dry run changes nothing, so it takes no lease and never holds up a real run.
         let lease = match &playbook.safety.lock {
-            None => None,
-            Some(_) => {
+            Some(_) if !dry_run => {
                 let holder = format!("{}/run-{run_id}", self.inner.agent);
                 match LeaseGuard::acquire(store.clone(), &target, &holder, playbook.safety.lock_ttl)
                     .await?
@@ -264,6 +264,7 @@ impl Executor {
                     }
                 }
             }
+            _ => None,
         };
         if let Some(g) = &lease {
             self.inner.metrics.lease_held(&target, true);

@@ -472,7 +472,7 @@ pub(crate) async fn adapter_stats(
 ) -> Result<QueueStats, CallError> {
     match adapter_query(env, conn, Query::Stats(queue)).await? {
         Answer::Stats(stats) => Ok(stats),
-        Answer::List(_) => unreachable!("a stats query is answered with stats"),
+        Answer::List(_) => Err(mismatch("stats")),
     }
 }
 
@@ -484,7 +484,14 @@ pub(crate) async fn adapter_list(
 ) -> Result<Vec<String>, CallError> {
     match adapter_query(env, conn, Query::List(pattern)).await? {
         Answer::List(names) => Ok(names),
-        Answer::Stats(_) => unreachable!("a list query is answered with names"),
+        Answer::Stats(_) => Err(mismatch("list")),
+    }
+}
+
+fn mismatch(query: &str) -> CallError {
+    CallError::Plugin {
+        plugin: "qmedic".into(),
+        error: PluginFailure::Internal(format!("a {query} query got another query's answer")),
     }
 }
 
