@@ -142,7 +142,8 @@ struct RunState {
     lease: Option<Arc<LeaseGuard>>,
     changes: Mutex<Vec<serde_json::Value>>,
     logs: Mutex<Vec<String>>,
-    lost: std::sync::atomic::AtomicBool,
+    /// Set when the lease check refused a change: the run stops at that step.
+    change_refused: std::sync::atomic::AtomicBool,
 }
 
 /// Why a step did not succeed.
@@ -291,7 +292,7 @@ impl Executor {
             lease: lease.map(Arc::new),
             changes: Mutex::new(Vec::new()),
             logs: Mutex::new(Vec::new()),
-            lost: std::sync::atomic::AtomicBool::new(false),
+            change_refused: std::sync::atomic::AtomicBool::new(false),
         });
         let mut steps_map = Map::new();
         let mut records = Vec::new();
@@ -673,7 +674,10 @@ impl Executor {
                 })
                 .await
                 .map_err(|e| StepFailure::Failed(format!("script stopped: {e}")))?;
-                if state.lost.load(std::sync::atomic::Ordering::SeqCst) {
+                if state
+                    .change_refused
+                    .load(std::sync::atomic::Ordering::SeqCst)
+                {
                     let why = out.err().unwrap_or_else(|| "lost its lease".into());
                     return Err(StepFailure::LostLease(why));
                 }
@@ -731,7 +735,8 @@ impl RunState {
             }
         } else if let Some(guard) = &self.lease {
             if !guard.fence(&entry).await.map_err(store_failed)? {
-                self.lost.store(true, std::sync::atomic::Ordering::SeqCst);
+                self.change_refused
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
                 let lease = guard.lease();
                 return Err(StepFailure::LostLease(format!(
                     "lost the lease on `{}` (fencing token {}) before calling `{plugin}`; another \
