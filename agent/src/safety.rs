@@ -5,24 +5,31 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::metrics::Metrics;
 use crate::store::{AuditEntry, Lease, Store, StoreError, now_ms};
 
-/// A held lease, renewed in the background at a third of its TTL until released.
+/// A held lease, renewed in the background at a third of its TTL until released. Dropped
+/// without [`LeaseGuard::release`] (a run that ended on an error), it gives the lease back in
+/// the background, so the next run need not wait for the TTL.
 #[derive(Debug)]
 pub struct LeaseGuard {
     store: Arc<dyn Store>,
     current: Arc<Mutex<Lease>>,
     lost: Arc<AtomicBool>,
+    released: AtomicBool,
+    metrics: Metrics,
     renewer: tokio::task::JoinHandle<()>,
 }
 
 impl LeaseGuard {
-    /// Take the lease on `key` for `holder`; `None` when another holder has it.
+    /// Take the lease on `key` for `holder`; `None` when another holder has it. `metrics` shows
+    /// it as held until it is released.
     pub async fn acquire(
         store: Arc<dyn Store>,
         key: &str,
         holder: &str,
         ttl: Duration,
+        metrics: &Metrics,
     ) -> Result<Option<LeaseGuard>, StoreError> {
         let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 4);
         let Some(lease) = store.acquire_lease(key, holder, ttl_ms, now_ms()).await? else {
@@ -37,10 +44,13 @@ impl LeaseGuard {
             ttl,
             ttl_ms,
         ));
+        metrics.lease_held(key, true);
         Ok(Some(LeaseGuard {
             store,
             current,
             lost,
+            released: AtomicBool::new(false),
+            metrics: metrics.clone(),
             renewer,
         }))
     }
@@ -77,16 +87,37 @@ impl LeaseGuard {
     /// Stop renewing and give the lease back so the next run need not wait for the TTL.
     pub async fn release(&self) -> Result<(), StoreError> {
         self.renewer.abort();
+        if self.released.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let lease = self.lease();
+        self.metrics.lease_held(&lease.key, false);
         if self.is_lost() {
             return Ok(());
         }
-        self.store.release_lease(&self.lease()).await
+        self.store.release_lease(&lease).await
     }
 }
 
 impl Drop for LeaseGuard {
     fn drop(&mut self) {
         self.renewer.abort();
+        if self.released.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let lease = self.lease();
+        self.metrics.lease_held(&lease.key, false);
+        if self.is_lost() {
+            return;
+        }
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let store = self.store.clone();
+            handle.spawn(async move {
+                if let Err(e) = store.release_lease(&lease).await {
+                    tracing::warn!(key = %lease.key, error = %e, "cannot give the lease back; it expires at its TTL");
+                }
+            });
+        }
     }
 }
 

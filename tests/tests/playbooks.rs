@@ -484,3 +484,47 @@ async fn the_audit_log_is_append_only() {
         assert!(e.to_string().contains("append-only"), "{sql}: {e}");
     }
 }
+
+#[tokio::test]
+async fn a_lease_dropped_on_an_error_path_is_given_back_at_once() {
+    let h = harness().await;
+    let metrics = Metrics::new();
+    let guard = qmedic::safety::LeaseGuard::acquire(
+        h.store.clone(),
+        "rabbit/orders",
+        "agent-a/run-1",
+        Duration::from_secs(60),
+        &metrics,
+    )
+    .await
+    .expect("store")
+    .expect("free");
+    assert!(
+        metrics
+            .encode()
+            .contains("qmedic_lease_held{key=\"rabbit/orders\"} 1")
+    );
+    // The run ends on an error: no release() call, only the drop.
+    drop(guard);
+    let mut next = None;
+    for _ in 0..50 {
+        next = h
+            .store
+            .acquire_lease("rabbit/orders", "agent-b/run-2", 60_000, now_ms())
+            .await
+            .expect("store");
+        if next.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        next.is_some(),
+        "the lease came back long before its 60 s TTL"
+    );
+    assert!(
+        metrics
+            .encode()
+            .contains("qmedic_lease_held{key=\"rabbit/orders\"} 0")
+    );
+}

@@ -251,8 +251,14 @@ impl Executor {
         let lease = match &playbook.safety.lock {
             Some(_) if !dry_run => {
                 let holder = format!("{}/run-{run_id}", self.inner.agent);
-                match LeaseGuard::acquire(store.clone(), &target, &holder, playbook.safety.lock_ttl)
-                    .await?
+                match LeaseGuard::acquire(
+                    store.clone(),
+                    &target,
+                    &holder,
+                    playbook.safety.lock_ttl,
+                    &self.inner.metrics,
+                )
+                .await?
                 {
                     Some(g) => Some(g),
                     None => {
@@ -268,7 +274,6 @@ impl Executor {
             _ => None,
         };
         if let Some(g) = &lease {
-            self.inner.metrics.lease_held(&target, true);
             tracing::debug!(key = %target, token = g.lease().token, run_id, "lease taken");
         }
         store
@@ -358,7 +363,6 @@ impl Executor {
             if outcome == Outcome::LostLease {
                 self.inner.metrics.lease_lost(&target);
             }
-            self.inner.metrics.lease_held(&target, false);
             g.release().await?;
         }
         self.finish(run_id, &s, lease_id).await?;
