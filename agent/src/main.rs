@@ -735,6 +735,61 @@ fn run_text(s: &qmedic::RunSummary) -> String {
     out
 }
 
+/// One recorded run for a terminal: who started it and how, then each step with its inputs,
+/// what it logged and how it ended.
+fn record_text(r: &qmedic::store::RunRecord) -> String {
+    let time = |ms: i64| {
+        chrono::DateTime::from_timestamp_millis(ms)
+            .map(|t| t.format("%Y-%m-%d %H:%M:%S%.3f UTC").to_string())
+            .unwrap_or_else(|| ms.to_string())
+    };
+    let mut out = format!(
+        "run {} of {}: {}{}\n  trigger:  {} by {} on agent {}\n  started:  {}\n",
+        r.id,
+        r.playbook,
+        r.outcome,
+        if r.dry_run { " (dry run)" } else { "" },
+        r.trigger,
+        r.who,
+        r.agent,
+        time(r.started_at)
+    );
+    if let Some(f) = r.finished_at {
+        out += &format!("  finished: {} ({} ms)\n", time(f), f - r.started_at);
+    }
+    out += &format!("  params:   {}\n", r.params);
+    if let (Some(key), Some(token)) = (&r.lease_key, r.lease_token) {
+        out += &format!("  lease:    {key} (fencing token {token})\n");
+    }
+    if let Some(e) = &r.error {
+        out += &format!("  error:    {e}\n");
+    }
+    for step in &r.steps {
+        out += &format!(
+            "  {:<10} {} ({}) {} ms\n",
+            step.outcome, step.step, step.uses, step.duration_ms
+        );
+        if !step.input.is_null() && step.input != serde_json::json!({}) {
+            out += &format!("             with   {}\n", step.input);
+        }
+        if !step.output.is_null() {
+            out += &format!("             output {}\n", step.output);
+        }
+        if let Some(e) = &step.error {
+            out += &format!("             error  {e}\n");
+        }
+        for line in &step.log {
+            out += &format!("             | {line}\n");
+        }
+    }
+    if let Some(changes) = r.changes.as_array() {
+        for c in changes {
+            out += &format!("  change: {c}\n");
+        }
+    }
+    out
+}
+
 async fn history(
     config: &Config,
     playbook: Option<String>,
@@ -749,9 +804,7 @@ async fn history(
             .await
             .map_err(|e| Failure::Failed(e.to_string()))?
             .ok_or_else(|| Failure::Usage(format!("no run {id} in {}", config.store)))?;
-        print_doc(output, &run, || {
-            serde_json::to_string_pretty(&run).unwrap_or_default() + "\n"
-        });
+        print_doc(output, &run, || record_text(&run));
         return Ok(());
     }
     let runs = store

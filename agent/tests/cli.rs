@@ -413,3 +413,59 @@ fn stats_and_redrive_from_the_command_line() {
     let stats: Value = serde_json::from_str(&stdout(&out)).expect("JSON");
     assert_eq!(stats["depth"], 0);
 }
+
+#[test]
+fn validate_run_and_history_work_on_a_playbook_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("qmedic.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "store: runs.db\nruntime:\n  cache_dir: {}\n",
+            dir.path().join("cache").display()
+        ),
+    )
+    .expect("config");
+    let playbook = dir.path().join("hello.yaml");
+    std::fs::write(
+        &playbook,
+        "name: hello\nparams:\n  who: { type: string, default: world }\nsteps:\n  - id: greet\n    uses: log\n    with: { message: \"hello ${{ params.who }}\" }\n",
+    )
+    .expect("playbook");
+    let path = playbook.to_str().expect("utf-8");
+
+    let out = qmedic(&config, &["validate", path]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("ok      "), "{}", stdout(&out));
+
+    let out = qmedic(
+        &config,
+        &["run", path, "--param", "who=ops", "--output", "json"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let run: Value = serde_json::from_str(&stdout(&out)).expect("one JSON document");
+    assert_eq!(run["outcome"], "succeeded");
+    assert_eq!(run["steps"][0]["output"]["message"], "hello ops");
+
+    let out = qmedic(&config, &["run", path, "--param", "whom=ops"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an unknown param is a usage error"
+    );
+    assert!(
+        stderr(&out).contains("did you mean `who`?"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = qmedic(&config, &["history"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("hello"), "{}", stdout(&out));
+    let out = qmedic(&config, &["history", "--run", "1"]);
+    assert!(
+        stdout(&out).contains("with   {\"message\":\"hello ops\"}"),
+        "{}",
+        stdout(&out)
+    );
+}
