@@ -86,30 +86,28 @@ impl LeaseGuard {
 
     /// Stop renewing and give the lease back so the next run need not wait for the TTL.
     pub async fn release(&self) -> Result<(), StoreError> {
+        match self.stop() {
+            Some(lease) => self.store.release_lease(&lease).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Stop renewing and mark the lease no longer held; the lease to give back, unless it was
+    /// given back already or lost.
+    fn stop(&self) -> Option<Lease> {
         self.renewer.abort();
         if self.released.swap(true, Ordering::SeqCst) {
-            return Ok(());
+            return None;
         }
         let lease = self.lease();
         self.metrics.lease_held(&lease.key, false);
-        if self.is_lost() {
-            return Ok(());
-        }
-        self.store.release_lease(&lease).await
+        (!self.is_lost()).then_some(lease)
     }
 }
 
 impl Drop for LeaseGuard {
     fn drop(&mut self) {
-        self.renewer.abort();
-        if self.released.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        let lease = self.lease();
-        self.metrics.lease_held(&lease.key, false);
-        if self.is_lost() {
-            return;
-        }
+        let Some(lease) = self.stop() else { return };
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             let store = self.store.clone();
             handle.spawn(async move {

@@ -27,6 +27,21 @@ impl HostState {
     }
 }
 
+impl HostState {
+    /// This instance's publishing channel on `conn`, opened on first use beside its session.
+    async fn amqp_publisher(&mut self, conn: &str) -> Result<lapin::Channel, WitError> {
+        if let Some(channel) = self.amqp_session(conn).await?.publisher() {
+            return Ok(channel.clone());
+        }
+        let env = self.env.clone();
+        let channel = env.connection(conn)?.amqp.channel(conn).await?;
+        self.amqp_session(conn)
+            .await?
+            .set_publisher(channel.clone());
+        Ok(channel)
+    }
+}
+
 /// Run `$call` on the instance's channel for `$conn`, or return the error as the call's result.
 macro_rules! on_channel {
     ($self:ident, $conn:expr, |$session:ident| $call:expr) => {{
@@ -71,26 +86,9 @@ impl Host for HostState {
         conn: String,
         msgs: Vec<Publishing>,
     ) -> wasmtime::Result<Result<(), WitError>> {
-        if let Err(e) = self.amqp_session(&conn).await {
-            return Ok(Err(e));
-        }
-        let channel = match self.amqp.get(&conn).and_then(AmqpSession::publisher) {
-            Some(c) => c.clone(),
-            None => {
-                let env = self.env.clone();
-                let opened = match env.connection(&conn) {
-                    Ok(c) => c.amqp.channel(&conn).await,
-                    Err(e) => Err(e),
-                };
-                let channel = match opened {
-                    Ok(c) => c,
-                    Err(e) => return Ok(Err(e)),
-                };
-                if let Some(session) = self.amqp.get_mut(&conn) {
-                    session.set_publisher(channel.clone());
-                }
-                channel
-            }
+        let channel = match self.amqp_publisher(&conn).await {
+            Ok(c) => c,
+            Err(e) => return Ok(Err(e)),
         };
         Ok(AmqpSession::publish(&channel, &conn, msgs).await)
     }

@@ -200,26 +200,16 @@ impl Store for SqlStore {
 
     async fn runs(&self, query: &RunQuery) -> Result<Vec<RunRecord>, StoreError> {
         let limit = i64::from(query.limit.max(1));
-        let rows = match &query.playbook {
-            Some(p) => {
-                let sql = format!(
-                    "SELECT {RUN_COLUMNS} FROM runs WHERE playbook = $1 ORDER BY id DESC LIMIT $2"
-                );
-                sqlx::query(sqlx::AssertSqlSafe(sql))
-                    .bind(p)
-                    .bind(limit)
-                    .fetch_all(&self.pool)
-                    .await
-            }
-            None => {
-                let sql = format!("SELECT {RUN_COLUMNS} FROM runs ORDER BY id DESC LIMIT $1");
-                sqlx::query(sqlx::AssertSqlSafe(sql))
-                    .bind(limit)
-                    .fetch_all(&self.pool)
-                    .await
-            }
-        }
-        .map_err(query_error("listing runs"))?;
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE playbook = COALESCE($1, playbook) \
+             ORDER BY id DESC LIMIT $2"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(query.playbook.as_deref())
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_error("listing runs"))?;
         rows.iter()
             .map(run_from_row)
             .collect::<Result<_, _>>()
