@@ -55,7 +55,36 @@ postgres() {
   return 1
 }
 
+# A Kafka-protocol broker on 127.0.0.1:9092: tansu (a Kafka-compatible broker written in Rust),
+# built once from crates.io into a per-machine cache (about 10 minutes on 2 cores) and run with
+# its in-memory storage engine, so every start is an empty cluster.
+kafka() {
+  local tools="${QMEDIC_TOOLS_DIR:-$HOME/.cache/qmedic/tools}"
+  local tansu="$tools/bin/tansu"
+  if (exec 3<>/dev/tcp/127.0.0.1/9092) 2>/dev/null; then
+    return 0
+  fi
+  if [ ! -x "$tansu" ]; then
+    log "building tansu 0.6 from crates.io into $tools (once per machine)"
+    cargo install --quiet --locked --root "$tools" --version '~0.6' --features dynostore tansu
+  fi
+  log "starting tansu on 127.0.0.1:9092"
+  mkdir -p "$tools/log"
+  setsid nohup "$tansu" broker --storage-engine memory://tansu/ \
+    --listener-url tcp://127.0.0.1:9092 --advertised-listener-url tcp://127.0.0.1:9092 \
+    >"$tools/log/tansu.log" 2>&1 &
+  for _ in $(seq 1 60); do
+    if (exec 3<>/dev/tcp/127.0.0.1/9092) 2>/dev/null; then
+      return 0
+    fi
+    sleep 1
+  done
+  log "tansu did not listen on 127.0.0.1:9092; see $tools/log/tansu.log"
+  return 1
+}
+
 rabbitmq
+kafka
 if [ -z "${QMEDIC_TEST_POSTGRES:-}" ]; then
   postgres
 fi

@@ -94,7 +94,8 @@ enum Command {
 struct RedriveArgs {
     /// A connection named in the config.
     connection: String,
-    /// The dead-letter queue to drain.
+    /// The dead-letter queue to drain (Kafka: a topic, read as group `qmedic-redrive.<topic>`,
+    /// or `topic:group`).
     dlq: String,
     /// Send every message here instead of to its origin.
     #[arg(long)]
@@ -447,6 +448,9 @@ async fn stats(
             opt(stats.redelivered.map(|r| r.to_string()))
         );
         out += &format!("  dead-letters to {}\n", opt(stats.dead_letter.clone()));
+        if let Some(trend) = &stats.trend {
+            out += &format!("  trend:          {trend}\n");
+        }
         for (k, v) in &stats.extra {
             out += &format!("  {k}: {v}\n");
         }

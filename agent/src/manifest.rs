@@ -71,6 +71,8 @@ pub enum Capability {
     Http,
     /// Adapters: AMQP 0-9-1 on the connections they serve.
     Amqp,
+    /// Adapters: Kafka on the connections they serve.
+    Kafka,
 }
 
 impl fmt::Display for Capability {
@@ -81,6 +83,7 @@ impl fmt::Display for Capability {
             Capability::State => "state",
             Capability::Http => "http",
             Capability::Amqp => "amqp",
+            Capability::Kafka => "kafka",
         })
     }
 }
@@ -141,7 +144,12 @@ impl Manifest {
         }
         let allowed: &[Capability] = match self.kind {
             PluginKind::Action => &[Capability::Broker, Capability::Scale, Capability::State],
-            PluginKind::Adapter => &[Capability::Amqp, Capability::Http, Capability::State],
+            PluginKind::Adapter => &[
+                Capability::Amqp,
+                Capability::Http,
+                Capability::Kafka,
+                Capability::State,
+            ],
         };
         if let Some(bad) = self.capabilities.iter().find(|c| !allowed.contains(c)) {
             return Err(at("capabilities").error(format!(

@@ -75,3 +75,8 @@ pub mod http {
 pub mod amqp {
     pub use crate::bindings::adapter::qmedic::plugin::amqp::*;
 }
+
+/// Kafka on a connection: offsets, group-less consumers, an idempotent producer, commits.
+pub mod kafka {
+    pub use crate::bindings::adapter::qmedic::plugin::kafka::*;
+}

@@ -31,10 +31,12 @@ extern crate self as qmedic_plugin_sdk;
 
 mod action;
 mod adapter;
+mod glob;
 mod host;
 
 pub use action::{Action, run_json};
-pub use adapter::{Adapter, amqp, http};
+pub use adapter::{Adapter, amqp, http, kafka};
+pub use glob::glob;
 pub use host::{Error, Message, Outgoing, QueueStats, Settlement};
 pub use host::{broker, clock, log, scale, state};
 

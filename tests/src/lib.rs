@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 pub mod agent;
+pub mod kafka;
 pub mod rabbit;
 
 use std::fmt::Debug;

@@ -65,12 +65,12 @@ impl AmqpPool {
         })
     }
 
-    /// A new channel in confirm mode, connecting (again) when needed.
     /// The virtual host the connection's URL names.
     pub(crate) fn vhost(&self) -> &str {
         &self.vhost
     }
 
+    /// A new channel in confirm mode, connecting (again) when needed.
     pub(crate) async fn channel(&self, conn: &str) -> Result<Channel, WitError> {
         let url = self.url.as_deref().ok_or_else(|| {
             WitError::Invalid(format!(

@@ -1,7 +1,9 @@
-//! Native clients the host owns on behalf of plugins: HTTP to a connection's API, scalers.
+//! Native clients the host owns on behalf of plugins: HTTP to a connection's API, AMQP, Kafka,
+//! scalers.
 //! Plugins name a connection; they never see its address's credentials.
 
 mod amqp;
+mod kafka;
 mod scaler;
 
 use std::time::Duration;
@@ -9,6 +11,7 @@ use std::time::Duration;
 use reqwest::{Method, Url};
 
 pub(crate) use amqp::{AmqpPool, AmqpSession};
+pub(crate) use kafka::{KafkaPool, KafkaSession, Reader};
 pub(crate) use scaler::Scaler;
 
 use crate::config::ConnectionConfig;
@@ -46,6 +49,7 @@ pub(crate) struct Connection {
     auth: Auth,
     client: reqwest::Client,
     pub(crate) amqp: AmqpPool,
+    pub(crate) kafka: KafkaPool,
 }
 
 impl Connection {
@@ -92,6 +96,7 @@ impl Connection {
             config.username.as_deref(),
             config.password.as_ref().map(|p| p.expose()),
         )?;
+        let kafka = KafkaPool::new(config.url.as_deref(), config.username.as_deref())?;
         Ok(Connection {
             kind: config.kind.clone(),
             adapter: config.adapter.clone(),
@@ -99,6 +104,7 @@ impl Connection {
             auth,
             client,
             amqp,
+            kafka,
         })
     }
 

@@ -6,6 +6,7 @@ pub(crate) mod bindings;
 mod broker;
 mod clock;
 mod http;
+mod kafka;
 mod log;
 mod scale;
 mod state;
@@ -22,7 +23,7 @@ pub(crate) use bindings::WitError;
 pub(crate) use broker::AdapterSession;
 pub use log::LogLine;
 
-use crate::connections::AmqpSession;
+use crate::connections::{AmqpSession, KafkaSession};
 use crate::manifest::{Capability, PluginKind};
 use crate::runtime::{Env, Limiter, Plugin};
 
@@ -48,6 +49,8 @@ pub(crate) struct HostState {
     pub(crate) amqp: HashMap<String, AmqpSession>,
     /// How many AMQP channels this instance has opened; tags each channel's handles.
     pub(crate) amqp_generation: u64,
+    /// Adapters only: this instance's Kafka consumers.
+    pub(crate) kafka: KafkaSession,
     pub(crate) stderr: MemoryOutputPipe,
     pub(crate) stdout: MemoryOutputPipe,
     wasi: WasiCtx,
@@ -63,6 +66,8 @@ pub(crate) enum Access<'a> {
     Http(&'a str),
     /// AMQP on a connection (adapters, for the connections they serve).
     Amqp(&'a str),
+    /// Kafka on a connection (adapters, for the connections they serve).
+    Kafka(&'a str),
     Scaler(&'a str),
     State,
 }
@@ -87,6 +92,7 @@ impl HostState {
             adapters: HashMap::new(),
             amqp: HashMap::new(),
             amqp_generation: 0,
+            kafka: KafkaSession::default(),
             progress: None,
             stderr,
             stdout,
@@ -104,6 +110,7 @@ impl HostState {
             Access::Connection(_) => (Capability::Broker, PluginKind::Action),
             Access::Http(_) => (Capability::Http, PluginKind::Adapter),
             Access::Amqp(_) => (Capability::Amqp, PluginKind::Adapter),
+            Access::Kafka(_) => (Capability::Kafka, PluginKind::Adapter),
             Access::Scaler(_) => (Capability::Scale, PluginKind::Action),
             Access::State => (Capability::State, plugin.manifest.kind),
         };
@@ -117,7 +124,7 @@ impl HostState {
                 self.env.connection(conn)?;
                 self.granted_connection(conn)?;
             }
-            Access::Http(conn) | Access::Amqp(conn) => {
+            Access::Http(conn) | Access::Amqp(conn) | Access::Kafka(conn) => {
                 let connection = self.env.connection(conn)?;
                 if self.env.adapter_for(connection).as_deref() != Some(name.as_str()) {
                     return Err(WitError::Denied(format!(

@@ -806,6 +806,13 @@ impl ScriptHost for ScriptBridge {
         }
     }
 
+    fn warn(&self, message: &str) {
+        tracing::warn!(playbook = %self.state.playbook, run_id = self.state.run_id, step = %self.step, "{message}");
+        if let Ok(mut logs) = self.state.logs.lock() {
+            logs.push(format!("warning: {message}"));
+        }
+    }
+
     fn action(&self, plugin: &str, params: serde_json::Value) -> Result<serde_json::Value, String> {
         let inner = &self.state.executor.inner;
         let plugin_info = inner.runtime.plugin(plugin).map_err(|e| e.to_string())?;

@@ -26,6 +26,8 @@ pub(crate) trait ScriptHost: Send + Sync {
     fn stats(&self, connection: &str, queue: &str) -> Result<serde_json::Value, String>;
     fn list(&self, connection: &str, pattern: &str) -> Result<Vec<String>, String>;
     fn log(&self, message: &str);
+    /// A line an operator should look at: logged at warn level, kept with the run.
+    fn warn(&self, message: &str);
     fn action(&self, plugin: &str, params: serde_json::Value) -> Result<serde_json::Value, String>;
 }
 
@@ -155,6 +157,8 @@ fn register_host(engine: &mut Engine, host: Arc<dyn ScriptHost>) {
     engine.on_debug(move |s, _, _| h.log(s));
     let h = host.clone();
     engine.register_fn("log", move |message: &str| h.log(message));
+    let h = host.clone();
+    engine.register_fn("warn", move |message: &str| h.warn(message));
     let h = host.clone();
     engine.register_fn(
         "stats",

@@ -433,6 +433,9 @@ pub struct QueueStats {
     pub redelivered: Option<u64>,
     /// Where the queue dead-letters to, where known.
     pub dead_letter: Option<String>,
+    /// The adapter's verdict on the queue's trend (Kafka: `OK`, `WARN`, `STALL`, `STOP`,
+    /// `REWIND`), where it judges one.
+    pub trend: Option<String>,
     /// Adapter-specific figures.
     pub extra: Vec<(String, f64)>,
 }
@@ -448,6 +451,7 @@ impl From<crate::host::bindings::QueueStats> for QueueStats {
             ack_rate: s.ack_rate,
             redelivered: s.redelivered,
             dead_letter: s.dead_letter,
+            trend: s.trend,
             extra: s.extra,
         }
     }

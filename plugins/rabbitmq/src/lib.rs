@@ -29,7 +29,7 @@
 use qmedic_plugin_sdk::amqp::{self, Publishing};
 use qmedic_plugin_sdk::http::{Request, send};
 use qmedic_plugin_sdk::{
-    Adapter, Error, Message, Outgoing, QueueStats, Settlement, export_adapter, log,
+    Adapter, Error, Message, Outgoing, QueueStats, Settlement, export_adapter, glob, log,
 };
 use serde_json::{Map, Value, json};
 
@@ -116,18 +116,6 @@ fn call_management(
 
 fn number(v: &Value, path: &[&str]) -> Option<f64> {
     path.iter().try_fold(v, |v, k| v.get(k))?.as_f64()
-}
-
-fn glob(pattern: &[u8], name: &[u8]) -> bool {
-    match (pattern.first(), name.first()) {
-        (None, None) => true,
-        (Some(b'*'), _) => {
-            glob(&pattern[1..], name) || (!name.is_empty() && glob(pattern, &name[1..]))
-        }
-        (Some(b'?'), Some(_)) => glob(&pattern[1..], &name[1..]),
-        (Some(a), Some(b)) if a == b => glob(&pattern[1..], &name[1..]),
-        _ => false,
-    }
 }
 
 /// A header value as text: strings as they are, anything else as its tagged JSON.
@@ -238,6 +226,7 @@ impl Adapter for RabbitMq {
                     ack_rate: number(&q, &["message_stats", "ack_details", "rate"]),
                     redelivered: number(&q, &["message_stats", "redeliver"]).map(|r| r as u64),
                     dead_letter,
+                    trend: None,
                     extra: vec![("messages".into(), number(&q, &["messages"]).unwrap_or(0.0))],
                 })
             }
@@ -250,6 +239,7 @@ impl Adapter for RabbitMq {
                 ack_rate: None,
                 redelivered: None,
                 dead_letter: None,
+                trend: None,
                 extra: vec![("source.passive-declare".into(), 1.0)],
             }),
             (None, None) => Err(Error::Unavailable(format!(
@@ -270,7 +260,7 @@ impl Adapter for RabbitMq {
             .into_iter()
             .flatten()
             .filter_map(|q| q.get("name")?.as_str().map(str::to_string))
-            .filter(|n| glob(pattern.as_bytes(), n.as_bytes()))
+            .filter(|n| glob(&pattern, n))
             .collect();
         names.sort();
         Ok(names)

@@ -50,6 +50,7 @@ impl Adapter for HttpAdapter {
             ack_rate: None,
             redelivered: None,
             dead_letter: None,
+            trend: None,
             extra: vec![("status".into(), f64::from(status))],
         })
     }

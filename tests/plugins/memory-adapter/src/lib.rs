@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use qmedic_plugin_sdk::{
-    Adapter, Error, Message, Outgoing, QueueStats, Settlement, export_adapter, state,
+    Adapter, Error, Message, Outgoing, QueueStats, Settlement, export_adapter, glob, state,
 };
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
@@ -53,19 +53,6 @@ fn push(conn: &str, queue: &str, msgs: Vec<Stored>) -> Result<(), Error> {
     save(&queue_key(conn, queue), &stored)
 }
 
-fn glob(pattern: &str, name: &str) -> bool {
-    fn go(p: &[u8], n: &[u8]) -> bool {
-        match (p.first(), n.first()) {
-            (None, None) => true,
-            (Some(b'*'), _) => go(&p[1..], n) || (!n.is_empty() && go(p, &n[1..])),
-            (Some(b'?'), Some(_)) => go(&p[1..], &n[1..]),
-            (Some(a), Some(b)) if a == b => go(&p[1..], &n[1..]),
-            _ => false,
-        }
-    }
-    go(pattern.as_bytes(), name.as_bytes())
-}
-
 struct MemoryAdapter;
 
 impl Adapter for MemoryAdapter {
@@ -98,6 +85,7 @@ impl Adapter for MemoryAdapter {
             ack_rate: None,
             redelivered: None,
             dead_letter: Some(format!("{queue}.dlq")),
+            trend: None,
             extra,
         })
     }

@@ -1,0 +1,398 @@
+//! The Kafka adapter: broker-neutral `broker` calls in Kafka's terms of offsets and lag.
+//!
+//! A queue is a topic, or `topic:group` where a consumer group matters (Kafka topic names
+//! cannot hold `:`).
+//! - `stats` on `topic:group`: depth is the group's total lag (high watermark minus committed
+//!   offset, summed over partitions; a partition the group never committed on counts every
+//!   record in it), consumers the group's members, `extra` holds `partitions`, `members` and
+//!   `lag.<partition>`, and `trend` the Burrow-style verdict of [`trend`] once three readings
+//!   are in. In-flight is 0: Kafka does not tell what a group fetched and has not committed.
+//!   On a bare `topic`: depth is the records in the log, consumers unknown, no trend.
+//! - `receive` reads `topic` for group `topic:group`, by default `qmedic-redrive.<topic>`,
+//!   without joining the group (see the host's `kafka` interface). Each message's `id` is the
+//!   record key as text; the key itself travels in the `kafka.key` header (`kafka.key-hex` when
+//!   it is not UTF-8), header values that are not UTF-8 as `kafka.hex.<name>`, a null value as
+//!   `kafka.null-value`, and the record's place as `kafka.partition` and `kafka.offset`.
+//! - `publish` produces to each message's destination topic through the idempotent producer
+//!   and returns once every record is written to all in-sync replicas. It restores the key,
+//!   binary headers and null values from those headers and drops the other `kafka.*` ones, so a
+//!   replayed record arrives as it left.
+//! - `settle` with `ack` commits: per partition, up to the first record still unsettled, so a
+//!   commit never skips a record. `requeue` leaves a record uncommitted: it and every record
+//!   after it on its partition are read again by the next run, as Kafka has no way to put one
+//!   record back. `dead-letter` is refused: Kafka has no broker-side dead-lettering.
+//! - `origin` of a dead-lettered record is the first of the `x-original-topic`, Kafka Connect's
+//!   `__connect.errors.topic` and Spring's `kafka_dlt-original-topic` headers it carries.
+
+mod trend;
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+
+use qmedic_plugin_sdk::kafka::{self, KafkaRecord, Producing};
+use qmedic_plugin_sdk::{
+    Adapter, Error, Message, Outgoing, QueueStats, Settlement, clock, export_adapter, glob, state,
+};
+
+use trend::{Observation, Reading, Trend, Verdict, WINDOW};
+
+/// Headers that name the topic a dead-lettered record came from, in the order they are tried.
+const ORIGIN_HEADERS: &[&str] = &[
+    "x-original-topic",
+    "__connect.errors.topic",
+    "kafka_dlt-original-topic",
+];
+const KEY_HEADER: &str = "kafka.key";
+const KEY_HEX_HEADER: &str = "kafka.key-hex";
+const HEX_PREFIX: &str = "kafka.hex.";
+const NULL_VALUE_HEADER: &str = "kafka.null-value";
+
+/// A topic and the consumer group it is read for.
+fn split(queue: &str) -> (&str, Option<&str>) {
+    match queue.split_once(':') {
+        Some((topic, group)) if !group.is_empty() => (topic, Some(group)),
+        Some((topic, _)) => (topic, None),
+        None => (queue, None),
+    }
+}
+
+/// The group `receive` uses when the queue names none.
+fn default_group(topic: &str) -> String {
+    format!("qmedic-redrive.{topic}")
+}
+
+/// Where a received record sits, so `settle` can commit past it.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Place {
+    conn: String,
+    topic: String,
+    group: String,
+    partition: u32,
+}
+
+/// Records received in this instance and not yet committed, per partition.
+#[derive(Default)]
+struct Partition {
+    /// Offsets handed out and not acked, with their handles.
+    unsettled: BTreeMap<u64, u64>,
+    /// The highest offset acked so far.
+    acked: Option<u64>,
+    /// The offset last committed by this instance.
+    committed: Option<u64>,
+}
+
+#[derive(Default)]
+struct Ledger {
+    next_handle: u64,
+    handles: HashMap<u64, (Place, u64)>,
+    partitions: BTreeMap<Place, Partition>,
+}
+
+thread_local! {
+    static LEDGER: RefCell<Ledger> = RefCell::new(Ledger::default());
+}
+
+fn message(place: &Place, record: KafkaRecord, handle: u64) -> Message {
+    let mut headers = Vec::with_capacity(record.headers.len() + 4);
+    let mut origin = None;
+    for (name, value) in record.headers {
+        match String::from_utf8(value) {
+            Ok(text) => {
+                if origin.is_none() && ORIGIN_HEADERS.contains(&name.as_str()) {
+                    origin = Some(text.clone());
+                }
+                headers.push((name, text));
+            }
+            Err(e) => headers.push((format!("{HEX_PREFIX}{name}"), hex::encode(e.as_bytes()))),
+        }
+    }
+    let id = match record.key {
+        Some(key) => match String::from_utf8(key) {
+            Ok(text) => {
+                headers.push((KEY_HEADER.into(), text.clone()));
+                Some(text)
+            }
+            Err(e) => {
+                headers.push((KEY_HEX_HEADER.into(), hex::encode(e.as_bytes())));
+                None
+            }
+        },
+        None => None,
+    };
+    if record.value.is_none() {
+        headers.push((NULL_VALUE_HEADER.into(), "true".into()));
+    }
+    headers.push(("kafka.partition".into(), record.partition.to_string()));
+    headers.push(("kafka.offset".into(), record.offset.to_string()));
+    Message {
+        handle,
+        id,
+        body: record.value.unwrap_or_default(),
+        headers,
+        deliveries: 1,
+        origin: origin.filter(|o| o != &place.topic),
+    }
+}
+
+fn producing(m: Outgoing) -> Result<Producing, Error> {
+    if m.destination.contains(':') {
+        return Err(Error::invalid(format!(
+            "`{}` is not a topic name (Kafka topic names cannot hold `:`); publish to a topic, \
+             and give reprocess-dlq a `parking` topic when its dead-letter queue names a group",
+            m.destination
+        )));
+    }
+    let mut key = m.key.map(String::into_bytes);
+    let mut headers = Vec::with_capacity(m.headers.len());
+    let mut null_value = false;
+    for (name, value) in m.headers {
+        if name == KEY_HEADER {
+            key.get_or_insert(value.into_bytes());
+        } else if name == KEY_HEX_HEADER {
+            let bytes = hex::decode(&value).map_err(|e| {
+                Error::invalid(format!("header {KEY_HEX_HEADER} is not hex ({e}): {value}"))
+            })?;
+            key.get_or_insert(bytes);
+        } else if name == NULL_VALUE_HEADER {
+            null_value = value == "true";
+        } else if let Some(original) = name.strip_prefix(HEX_PREFIX) {
+            let bytes = hex::decode(&value)
+                .map_err(|e| Error::invalid(format!("header {name} is not hex ({e})")))?;
+            headers.push((original.to_string(), bytes));
+        } else if !name.starts_with("kafka.") {
+            headers.push((name, value.into_bytes()));
+        }
+    }
+    Ok(Producing {
+        topic: m.destination,
+        partition: None,
+        key,
+        value: if null_value && m.body.is_empty() {
+            None
+        } else {
+            Some(m.body)
+        },
+        headers,
+    })
+}
+
+/// Add a reading of `group` on `topic` to its window in state and judge the window.
+fn observe(
+    conn: &str,
+    topic: &str,
+    group: &str,
+    reading: Observation,
+) -> Result<Option<Verdict>, Error> {
+    let key = format!("trend/{conn}/{topic}/{group}");
+    let mut window: Vec<Observation> = match state::get(&key)? {
+        Some(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
+        None => Vec::new(),
+    };
+    window.push(reading);
+    if window.len() > WINDOW {
+        window.drain(..window.len() - WINDOW);
+    }
+    let mut bytes = serde_json::to_vec(&window)
+        .map_err(|e| Error::internal(format!("cannot encode the lag window: {e}")))?;
+    // State values are capped at 64 KiB; a topic with very many partitions keeps fewer readings.
+    while bytes.len() > 60 << 10 && window.len() > 1 {
+        window.remove(0);
+        bytes = serde_json::to_vec(&window)
+            .map_err(|e| Error::internal(format!("cannot encode the lag window: {e}")))?;
+    }
+    state::set(&key, &bytes)?;
+    Ok(trend::judge(&window))
+}
+
+struct KafkaAdapter;
+
+impl Adapter for KafkaAdapter {
+    fn stats(conn: String, queue: String) -> Result<QueueStats, Error> {
+        let (topic, group) = split(&queue);
+        let offsets = kafka::offsets(&conn, topic, group)?;
+        let mut extra = vec![("partitions".to_string(), offsets.len() as f64)];
+        let readings: Vec<Reading> = offsets
+            .iter()
+            .map(|o| Reading {
+                partition: o.partition,
+                committed: o.committed,
+                low: o.low,
+                high: o.high,
+            })
+            .collect();
+        let Some(group) = group else {
+            let depth = offsets.iter().map(|o| o.high.saturating_sub(o.low)).sum();
+            return Ok(QueueStats {
+                depth,
+                in_flight: 0,
+                consumers: None,
+                oldest_age_ms: None,
+                publish_rate: None,
+                ack_rate: None,
+                redelivered: None,
+                dead_letter: None,
+                trend: None,
+                extra,
+            });
+        };
+        let info = kafka::describe_group(&conn, group)?;
+        extra.push(("members".into(), f64::from(info.members)));
+        for r in &readings {
+            extra.push((format!("lag.{}", r.partition), r.lag() as f64));
+        }
+        let depth = readings.iter().map(Reading::lag).sum();
+        let judged = observe(
+            &conn,
+            topic,
+            group,
+            Observation {
+                at_ms: clock::now_ms(),
+                members: info.members,
+                partitions: readings,
+            },
+        )?;
+        let trend = judged.map(|verdict| {
+            for (partition, trend) in verdict.partitions {
+                if trend != Trend::Ok {
+                    extra.push((format!("trend.{}.{}", trend.as_str(), partition), 1.0));
+                }
+            }
+            verdict.group.as_str().to_string()
+        });
+        Ok(QueueStats {
+            depth,
+            in_flight: 0,
+            consumers: Some(info.members),
+            oldest_age_ms: None,
+            publish_rate: None,
+            ack_rate: None,
+            redelivered: None,
+            dead_letter: None,
+            trend,
+            extra,
+        })
+    }
+
+    fn list(conn: String, pattern: String) -> Result<Vec<String>, Error> {
+        Ok(kafka::topics(&conn)?
+            .into_iter()
+            .filter(|t| glob(&pattern, t))
+            .collect())
+    }
+
+    fn receive(conn: String, queue: String, max: u32, wait_ms: u32) -> Result<Vec<Message>, Error> {
+        let (topic, group) = split(&queue);
+        let group = group.map_or_else(|| default_group(topic), str::to_string);
+        let records = kafka::consume(&conn, topic, &group, max, wait_ms)?;
+        LEDGER.with_borrow_mut(|ledger| {
+            records
+                .into_iter()
+                .map(|record| {
+                    let place = Place {
+                        conn: conn.clone(),
+                        topic: topic.to_string(),
+                        group: group.clone(),
+                        partition: record.partition,
+                    };
+                    ledger.next_handle += 1;
+                    let handle = ledger.next_handle;
+                    ledger
+                        .handles
+                        .insert(handle, (place.clone(), record.offset));
+                    ledger
+                        .partitions
+                        .entry(place.clone())
+                        .or_default()
+                        .unsettled
+                        .insert(record.offset, handle);
+                    Ok(message(&place, record, handle))
+                })
+                .collect()
+        })
+    }
+
+    fn publish(conn: String, msgs: Vec<Outgoing>) -> Result<(), Error> {
+        let records = msgs
+            .into_iter()
+            .map(producing)
+            .collect::<Result<Vec<_>, _>>()?;
+        kafka::produce(&conn, &records)
+    }
+
+    fn settle(conn: String, handles: Vec<u64>, how: Settlement) -> Result<(), Error> {
+        match how {
+            Settlement::DeadLetter => {
+                return Err(Error::invalid(
+                    "Kafka has no broker-side dead-lettering; publish the records to a \
+                     dead-letter topic, then ack them",
+                ));
+            }
+            // The records stay unsettled, so no commit passes them.
+            Settlement::Requeue => return Ok(()),
+            Settlement::Ack => {}
+        }
+        let commits = LEDGER.with_borrow_mut(|ledger| -> Result<_, Error> {
+            let mut touched = Vec::new();
+            for handle in &handles {
+                let (place, offset) = ledger.handles.remove(handle).ok_or_else(|| {
+                    Error::invalid(format!(
+                        "handle {handle} was not received in this run or is already acked"
+                    ))
+                })?;
+                if place.conn != conn {
+                    return Err(Error::invalid(format!(
+                        "handle {handle} was received on `{}`, not `{conn}`",
+                        place.conn
+                    )));
+                }
+                let p = ledger.partitions.entry(place.clone()).or_default();
+                p.unsettled.remove(&offset);
+                p.acked = p.acked.max(Some(offset));
+                touched.push(place);
+            }
+            touched.sort();
+            touched.dedup();
+            // Per (topic, group): the partitions whose commit point moved.
+            let mut commits: BTreeMap<(String, String), Vec<(u32, u64)>> = BTreeMap::new();
+            for place in touched {
+                let p = ledger.partitions.entry(place.clone()).or_default();
+                let Some(acked) = p.acked else { continue };
+                let next = match p.unsettled.keys().next() {
+                    Some(first) => (*first).min(acked + 1),
+                    None => acked + 1,
+                };
+                if p.committed.is_none_or(|c| next > c) {
+                    commits
+                        .entry((place.topic, place.group))
+                        .or_default()
+                        .push((place.partition, next));
+                }
+            }
+            Ok(commits)
+        })?;
+        for ((topic, group), offsets) in commits {
+            kafka::commit(&conn, &topic, &group, &offsets)?;
+            LEDGER.with_borrow_mut(|ledger| {
+                for &(partition, next) in &offsets {
+                    let place = Place {
+                        conn: conn.clone(),
+                        topic: topic.clone(),
+                        group: group.clone(),
+                        partition,
+                    };
+                    ledger.partitions.entry(place).or_default().committed = Some(next);
+                }
+            });
+        }
+        Ok(())
+    }
+
+    fn set_limit(_conn: String, queue: String, name: String, _value: u64) -> Result<(), Error> {
+        Err(Error::invalid(format!(
+            "Kafka has no limit `{name}` qmedic can set on `{queue}`: a consumer's fetch sizes \
+             are its own configuration"
+        )))
+    }
+}
+
+export_adapter!(KafkaAdapter);
