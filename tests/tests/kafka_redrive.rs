@@ -25,14 +25,16 @@ const ORIGIN_HEADERS: [&str; 3] = [
     "kafka_dlt-original-topic",
 ];
 
-/// `n` dead letters for `origin`: unique keys, values with a non-UTF-8 byte, a trace header, a
-/// binary header, and the origin under each convention in turn.
+/// `n` dead letters for `origin`: unique keys, values with a non-UTF-8 byte (every 1,000th a
+/// null value), a trace header, a binary header, a header named like the adapter's own, and the
+/// origin under each convention in turn.
 fn dead_letters(n: usize, origin: &str) -> Vec<Record> {
     (0..n)
         .map(|i| Record {
             partition: None,
             key: Some(format!("key-{i}").into_bytes()),
-            value: Some([format!("value-{i}-").into_bytes(), vec![0xff, i as u8]].concat()),
+            value: (i % 1_000 != 0)
+                .then(|| [format!("value-{i}-").into_bytes(), vec![0xff, i as u8]].concat()),
             headers: vec![
                 (
                     ORIGIN_HEADERS[i % ORIGIN_HEADERS.len()].into(),
@@ -40,6 +42,7 @@ fn dead_letters(n: usize, origin: &str) -> Vec<Record> {
                 ),
                 ("trace".into(), format!("t-{i}").into_bytes()),
                 ("bin".into(), vec![0x00, 0xfe, (i % 251) as u8]),
+                ("kafka.key".into(), b"not the key".to_vec()),
             ],
         })
         .collect()
@@ -107,6 +110,57 @@ async fn ten_thousand_dead_letters_replay_intact_and_commit_the_dlq_group() {
     .await
     .expect("second replay");
     assert_eq!(again["moved"], 0, "{again}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_a_filter_leaves_are_written_back_to_the_dlq_and_never_moved_twice() {
+    const N: usize = 300;
+    let origin = unique("qmedic-filter");
+    let dlq = format!("{origin}.dlq");
+    create_topic(&origin, 1).await;
+    create_topic(&dlq, 1).await;
+    let mut sent = dead_letters(N, &origin);
+    for (i, r) in sent.iter_mut().enumerate() {
+        let tenant = if i % 3 == 0 { "acme" } else { "other" };
+        r.headers
+            .push(("tenant".into(), tenant.as_bytes().to_vec()));
+        r.partition = Some(0);
+    }
+    produce(&dlq, &sent, Batching::OnePerBatch).await;
+    let rt = runtime(&connection_yaml());
+    let params = json!({
+        "connection": "kafka", "queue": dlq, "batch": 50,
+        "filter": "headers[\"tenant\"] == \"acme\"",
+    });
+    let report = call(&rt, "reprocess-dlq", params.clone())
+        .await
+        .expect("replay");
+    assert_eq!(
+        (report["moved"].as_u64(), report["skipped"].as_u64()),
+        (Some(100), Some(200))
+    );
+
+    // The 200 left were written again at the end of the DLQ, then the group committed past all
+    // 300 originals: nothing moved is read again.
+    let group = format!("qmedic-redrive.{dlq}");
+    assert_eq!(committed(&group, &dlq, 1).await, [N as i64]);
+    let dlq_now = read_all(&dlq, 1, N + 201, Duration::from_secs(3)).await;
+    assert_eq!(dlq_now.len(), N + 200);
+    let again = call(&rt, "reprocess-dlq", params)
+        .await
+        .expect("second replay");
+    assert_eq!(
+        (again["moved"].as_u64(), again["skipped"].as_u64()),
+        (Some(0), Some(200))
+    );
+    let arrived = read_all(&origin, 1, 101, Duration::from_secs(3)).await;
+    let counts = key_counts(&arrived);
+    assert_eq!(arrived.len(), 100, "each acme record once");
+    assert!(
+        (0..N)
+            .step_by(3)
+            .all(|i| counts.get(format!("key-{i}").as_bytes()) == Some(&1))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

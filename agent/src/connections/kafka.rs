@@ -10,13 +10,13 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::host::WitError;
@@ -101,6 +101,12 @@ impl KafkaPool {
         Ok(producer)
     }
 
+    fn forget_producer(&self) {
+        if let Ok(mut guard) = self.producer.lock() {
+            *guard = None;
+        }
+    }
+
     /// The client that reads and commits `group`'s offsets (or only metadata, for `None`).
     fn group_client(&self, conn: &str, group: Option<&str>) -> Result<Arc<BaseConsumer>, WitError> {
         let group = group.unwrap_or(METADATA_GROUP);
@@ -148,34 +154,19 @@ impl KafkaPool {
         let has_group = group.is_some();
         let (conn, topic) = (conn.to_string(), topic.to_string());
         blocking(move || {
-            let timeout = timeout.min(REQUEST_TIMEOUT);
-            let ids = partitions(&*client, &conn, &topic, timeout)?;
-            let mut committed = HashMap::new();
-            if has_group {
-                let mut wanted = TopicPartitionList::new();
-                for p in &ids {
-                    wanted.add_partition(&topic, *p);
-                }
-                let answer = client.committed_offsets(wanted, timeout).map_err(|e| {
-                    failed(
-                        &conn,
-                        &topic,
-                        "cannot read the group's committed offsets",
-                        &e,
-                    )
-                })?;
-                for elem in answer.elements_for_topic(&topic) {
-                    if let Offset::Offset(o) = elem.offset()
-                        && o >= 0
-                    {
-                        committed.insert(elem.partition(), o as u64);
-                    }
-                }
-            }
+            // One deadline for every request of this call, however many partitions there are.
+            let deadline = Instant::now() + timeout.min(REQUEST_TIMEOUT);
+            let left = || deadline.saturating_duration_since(Instant::now());
+            let ids = partitions(&*client, &conn, &topic, left())?;
+            let committed = if has_group {
+                committed_offsets(&*client, &conn, &topic, &ids, left())?
+            } else {
+                HashMap::new()
+            };
             ids.into_iter()
                 .map(|p| {
                     let (low, high) = client
-                        .fetch_watermarks(&topic, p, timeout)
+                        .fetch_watermarks(&topic, p, left())
                         .map_err(|e| failed(&conn, &topic, "cannot read watermarks", &e))?;
                     Ok(PartitionOffsets {
                         partition: p as u32,
@@ -248,6 +239,7 @@ impl KafkaPool {
         timeout: Duration,
     ) -> Result<(), WitError> {
         let producer = self.producer(conn)?;
+        let deadline = Instant::now() + timeout;
         let mut pending = Vec::with_capacity(records.len());
         for r in &records {
             let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
@@ -266,7 +258,7 @@ impl KafkaPool {
                 record = record.payload(value.as_slice());
             }
             if let Some(p) = r.partition {
-                record = record.partition(p as i32);
+                record = record.partition(partition_id(p)?);
             }
             loop {
                 match producer.send_result(record) {
@@ -276,6 +268,12 @@ impl KafkaPool {
                     }
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                         // librdkafka's queue is full: let it drain before handing it more.
+                        if Instant::now() >= deadline {
+                            return Err(WitError::Unavailable(format!(
+                                "connection `{conn}`: the producer's queue stayed full until the \
+                                 call's deadline; the brokers are not taking records"
+                            )));
+                        }
                         record = back;
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
@@ -291,7 +289,7 @@ impl KafkaPool {
             }
         }
         let reports = tokio::time::timeout(
-            timeout,
+            deadline.saturating_duration_since(Instant::now()),
             futures_util::future::join_all(pending.into_iter().map(|(topic, d)| async move {
                 (topic, d.await)
             })),
@@ -307,6 +305,11 @@ impl KafkaPool {
             match report {
                 Ok(Ok(_)) => {}
                 Ok(Err((e, _))) => {
+                    if producer.client().fatal_error().is_some() {
+                        // An idempotent producer that hit a fatal error refuses everything
+                        // after; the next call gets a new one.
+                        self.forget_producer();
+                    }
                     return Err(failed(
                         conn,
                         topic,
@@ -332,6 +335,7 @@ impl KafkaPool {
         topic: &str,
         group: &str,
         offsets: Vec<(u32, u64)>,
+        timeout: Duration,
     ) -> Result<(), WitError> {
         if offsets.is_empty() {
             return Ok(());
@@ -341,24 +345,26 @@ impl KafkaPool {
         for (p, o) in offsets {
             let offset = i64::try_from(o)
                 .map_err(|_| WitError::Invalid(format!("offset {o} is out of Kafka's range")))?;
-            list.add_partition_offset(topic, p as i32, Offset::Offset(offset))
+            list.add_partition_offset(topic, partition_id(p)?, Offset::Offset(offset))
                 .map_err(|e| failed(conn, topic, "cannot build the commit", &e))?;
         }
-        let (conn, topic, group) = (conn.to_string(), topic.to_string(), group.to_string());
-        blocking(move || {
+        let limit = timeout.min(REQUEST_TIMEOUT);
+        let (c, t, g) = (conn.to_string(), topic.to_string(), group.to_string());
+        let commit = blocking(move || {
             client.commit(&list, CommitMode::Sync).map_err(|e| {
-                failed(
-                    &conn,
-                    &topic,
-                    &format!(
-                        "cannot commit group `{group}`'s offsets (does another consumer use \
-                         this group?)"
-                    ),
-                    &e,
-                )
+                let what = format!(
+                    "cannot commit group `{g}`'s offsets (does another consumer use this group?)"
+                );
+                failed(&c, &t, &what, &e)
             })
-        })
-        .await
+        });
+        tokio::time::timeout(limit, commit).await.map_err(|_| {
+            WitError::Unavailable(format!(
+                "connection `{conn}`, topic `{topic}`: group `{group}`'s commit was not confirmed \
+                 within {limit:?}; the records it covers are written, and are read again if it \
+                 did not land"
+            ))
+        })?
     }
 }
 
@@ -367,6 +373,22 @@ impl KafkaPool {
 #[derive(Default)]
 pub(crate) struct KafkaSession {
     consumers: HashMap<(String, String, String), Arc<StreamConsumer>>,
+}
+
+impl Drop for KafkaSession {
+    /// Closing a consumer waits for librdkafka; do it off the async workers.
+    fn drop(&mut self) {
+        let consumers = std::mem::take(&mut self.consumers);
+        if consumers.is_empty() {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn_blocking(move || drop(consumers));
+            }
+            Err(_) => drop(consumers),
+        }
+    }
 }
 
 /// Which consumer of a session: a topic read for a group on a connection.
@@ -395,7 +417,7 @@ impl KafkaSession {
                 let timeout = left.min(REQUEST_TIMEOUT);
                 let consumer = pool.consumer(conn, topic, group, timeout).await?;
                 let consumer = Arc::new(consumer);
-                self.consumers.insert(key, consumer.clone());
+                self.consumers.insert(key.clone(), consumer.clone());
                 consumer
             }
         };
@@ -404,7 +426,14 @@ impl KafkaSession {
         while records.len() < max as usize {
             let next = match tokio::time::timeout(limit, consumer.recv()).await {
                 Err(_) => break,
-                Ok(Err(e)) => return Err(failed(conn, topic, "cannot fetch records", &e)),
+                // Records already taken are returned; the next call reports the error. Without
+                // any, the consumer is dropped, so the next call starts again at the committed
+                // offsets and nothing this consumer skipped can be committed past.
+                Ok(Err(_)) if !records.is_empty() => break,
+                Ok(Err(e)) => {
+                    self.consumers.remove(&key);
+                    return Err(failed(conn, topic, "cannot fetch records", &e));
+                }
                 Ok(Ok(m)) => m,
             };
             records.push(KafkaRecord {
@@ -447,28 +476,48 @@ fn assigned_consumer(
         .set("auto.offset.reset", "earliest")
         .create()
         .map_err(|e| unavailable(conn, "cannot create a consumer", &e))?;
-    let partitions = partitions(&consumer, conn, topic, timeout)?;
-    let mut wanted = TopicPartitionList::new();
-    for p in &partitions {
-        wanted.add_partition(topic, *p);
-    }
-    let committed = consumer
-        .committed_offsets(wanted, timeout)
-        .map_err(|e| failed(conn, topic, "cannot read the group's committed offsets", &e))?;
+    let ids = partitions(&consumer, conn, topic, timeout)?;
+    let committed = committed_offsets(&consumer, conn, topic, &ids, timeout)?;
     let mut assignment = TopicPartitionList::new();
-    for elem in committed.elements_for_topic(topic) {
-        let start = match elem.offset() {
-            Offset::Offset(o) if o >= 0 => Offset::Offset(o),
-            _ => Offset::Beginning,
+    for p in ids {
+        let start = match committed.get(&p) {
+            Some(&o) => Offset::Offset(o as i64),
+            None => Offset::Beginning,
         };
         assignment
-            .add_partition_offset(topic, elem.partition(), start)
+            .add_partition_offset(topic, p, start)
             .map_err(|e| failed(conn, topic, "cannot assign a partition", &e))?;
     }
     consumer
         .assign(&assignment)
         .map_err(|e| failed(conn, topic, "cannot assign the topic's partitions", &e))?;
     Ok(consumer)
+}
+
+/// The consumer group's committed offsets (the next record it reads) on `ids` of `topic`, where
+/// it has one; the client's `group.id` names the group.
+fn committed_offsets<C: Consumer>(
+    client: &C,
+    conn: &str,
+    topic: &str,
+    ids: &[i32],
+    timeout: Duration,
+) -> Result<HashMap<i32, u64>, WitError> {
+    let mut wanted = TopicPartitionList::new();
+    for p in ids {
+        wanted.add_partition(topic, *p);
+    }
+    let answer = client
+        .committed_offsets(wanted, timeout)
+        .map_err(|e| failed(conn, topic, "cannot read the group's committed offsets", &e))?;
+    Ok(answer
+        .elements_for_topic(topic)
+        .into_iter()
+        .filter_map(|elem| match elem.offset() {
+            Offset::Offset(o) if o >= 0 => Some((elem.partition(), o as u64)),
+            _ => None,
+        })
+        .collect())
 }
 
 /// The partition ids of `topic`; `not-found` when the cluster does not know it.
@@ -481,19 +530,37 @@ fn partitions<C: Consumer>(
     let metadata = client
         .fetch_metadata(Some(topic), timeout)
         .map_err(|e| failed(conn, topic, "cannot read the topic's metadata", &e))?;
+    let missing = || {
+        WitError::NotFound(format!(
+            "topic `{topic}` does not exist on connection `{conn}`"
+        ))
+    };
     let t = metadata
         .topics()
         .iter()
         .find(|t| t.name() == topic)
-        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
-        .ok_or_else(|| {
-            WitError::NotFound(format!(
-                "topic `{topic}` does not exist on connection `{conn}`"
-            ))
-        })?;
+        .ok_or_else(missing)?;
+    if let Some(code) = t.error() {
+        let e = KafkaError::MetadataFetch(RDKafkaErrorCode::from(code));
+        return Err(failed(
+            conn,
+            topic,
+            "the cluster's metadata has an error",
+            &e,
+        ));
+    }
+    if t.partitions().is_empty() {
+        return Err(missing());
+    }
     let mut ids: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
     ids.sort_unstable();
     Ok(ids)
+}
+
+/// A partition number as librdkafka takes it.
+fn partition_id(p: u32) -> Result<i32, WitError> {
+    i32::try_from(p)
+        .map_err(|_| WitError::Invalid(format!("partition {p} is out of Kafka's range")))
 }
 
 /// `kafka://` addresses as librdkafka's `bootstrap.servers`.
@@ -542,7 +609,10 @@ fn failed(conn: &str, topic: &str, what: &str, e: &KafkaError) -> WitError {
             | RDKafkaErrorCode::ClusterAuthorizationFailed,
         ) => WitError::Denied(text),
         Some(
-            RDKafkaErrorCode::MessageSizeTooLarge
+            RDKafkaErrorCode::UnknownMemberId
+            | RDKafkaErrorCode::IllegalGeneration
+            | RDKafkaErrorCode::RebalanceInProgress
+            | RDKafkaErrorCode::MessageSizeTooLarge
             | RDKafkaErrorCode::InvalidTopic
             | RDKafkaErrorCode::InvalidPartitions
             | RDKafkaErrorCode::UnknownPartition

@@ -118,9 +118,10 @@ impl Host for HostState {
         offsets: Vec<(u32, u64)>,
     ) -> wasmtime::Result<Result<(), WitError>> {
         let env = allowed!(self, &conn);
+        let left = self.remaining();
         Ok(async move {
             let pool = &env.connection(&conn)?.kafka;
-            pool.commit(&conn, &topic, &group, offsets).await
+            pool.commit(&conn, &topic, &group, offsets, left).await
         }
         .await)
     }

@@ -7,34 +7,43 @@
 //!   record in it), consumers the group's members, `extra` holds `partitions`, `members` and
 //!   `lag.<partition>`, and `trend` the Burrow-style verdict of [`trend`] once three readings
 //!   are in. In-flight is 0: Kafka does not tell what a group fetched and has not committed.
-//!   On a bare `topic`: depth is the records in the log, consumers unknown, no trend.
+//!   On a bare `topic`: depth is the records in the log, consumers unknown (so an action's
+//!   "destination has no consumers" check never refuses a topic), no trend.
 //! - `receive` reads `topic` for group `topic:group`, by default `qmedic-redrive.<topic>`,
 //!   without joining the group (see the host's `kafka` interface). Each message's `id` is the
 //!   record key as text; the key itself travels in the `kafka.key` header (`kafka.key-hex` when
-//!   it is not UTF-8), header values that are not UTF-8 as `kafka.hex.<name>`, a null value as
-//!   `kafka.null-value`, and the record's place as `kafka.partition` and `kafka.offset`.
+//!   it is not UTF-8), headers whose value is not UTF-8 or whose name starts with `kafka.` as
+//!   `kafka.hex.<name>`, a null value as `kafka.null-value`, and the record's place as
+//!   `kafka.partition` and `kafka.offset`.
 //! - `publish` produces to each message's destination topic through the idempotent producer
 //!   and returns once every record is written to all in-sync replicas. It restores the key,
-//!   binary headers and null values from those headers and drops the other `kafka.*` ones, so a
-//!   replayed record arrives as it left.
-//! - `settle` with `ack` commits: per partition, up to the first record still unsettled, so a
-//!   commit never skips a record. `requeue` leaves a record uncommitted: it and every record
-//!   after it on its partition are read again by the next run, as Kafka has no way to put one
-//!   record back. `dead-letter` is refused: Kafka has no broker-side dead-lettering.
+//!   hex-carried headers and null values and drops the other `kafka.*` headers, so a replayed
+//!   record arrives with the key, value and headers it left with (a null header value arrives
+//!   empty; the timestamp is the new write's).
+//! - `settle`: see [`ledger`]. `ack` commits each partition up to its first record still
+//!   unsettled; `requeue` writes the records again at the end of their topic (confirmed), then
+//!   settles them like an ack; `dead-letter` is refused: Kafka has no broker-side
+//!   dead-lettering.
 //! - `origin` of a dead-lettered record is the first of the `x-original-topic`, Kafka Connect's
 //!   `__connect.errors.topic` and Spring's `kafka_dlt-original-topic` headers it carries.
 
+mod ledger;
 mod trend;
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
 
 use qmedic_plugin_sdk::kafka::{self, KafkaRecord, Producing};
 use qmedic_plugin_sdk::{
-    Adapter, Error, Message, Outgoing, QueueStats, Settlement, clock, export_adapter, glob, state,
+    Adapter, Error, Message, Outgoing, QueueStats, Settlement, clock, export_adapter, glob, log,
+    state,
 };
 
+use ledger::{Held, Ledger, Place};
 use trend::{Observation, Reading, Trend, Verdict, WINDOW};
+
+thread_local! {
+    static LEDGER: RefCell<Ledger> = RefCell::new(Ledger::default());
+}
 
 /// Headers that name the topic a dead-lettered record came from, in the order they are tried.
 const ORIGIN_HEADERS: &[&str] = &[
@@ -61,59 +70,31 @@ fn default_group(topic: &str) -> String {
     format!("qmedic-redrive.{topic}")
 }
 
-/// Where a received record sits, so `settle` can commit past it.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct Place {
-    conn: String,
-    topic: String,
-    group: String,
-    partition: u32,
-}
-
-/// Records received in this instance and not yet committed, per partition.
-#[derive(Default)]
-struct Partition {
-    /// Offsets handed out and not acked, with their handles.
-    unsettled: BTreeMap<u64, u64>,
-    /// The highest offset acked so far.
-    acked: Option<u64>,
-    /// The offset last committed by this instance.
-    committed: Option<u64>,
-}
-
-#[derive(Default)]
-struct Ledger {
-    next_handle: u64,
-    handles: HashMap<u64, (Place, u64)>,
-    partitions: BTreeMap<Place, Partition>,
-}
-
-thread_local! {
-    static LEDGER: RefCell<Ledger> = RefCell::new(Ledger::default());
-}
-
-fn message(place: &Place, record: KafkaRecord, handle: u64) -> Message {
+/// A record as a broker-neutral message. Header values that are not UTF-8, and headers whose
+/// own name starts with `kafka.`, travel hex-encoded as `kafka.hex.<name>`, so `publish` can
+/// restore every header exactly.
+fn message(topic: &str, record: &KafkaRecord, handle: u64) -> Message {
     let mut headers = Vec::with_capacity(record.headers.len() + 4);
     let mut origin = None;
-    for (name, value) in record.headers {
-        match String::from_utf8(value) {
-            Ok(text) => {
+    for (name, value) in &record.headers {
+        match std::str::from_utf8(value) {
+            Ok(text) if !name.starts_with("kafka.") => {
                 if origin.is_none() && ORIGIN_HEADERS.contains(&name.as_str()) {
-                    origin = Some(text.clone());
+                    origin = Some(text.to_string());
                 }
-                headers.push((name, text));
+                headers.push((name.clone(), text.to_string()));
             }
-            Err(e) => headers.push((format!("{HEX_PREFIX}{name}"), hex::encode(e.as_bytes()))),
+            _ => headers.push((format!("{HEX_PREFIX}{name}"), hex::encode(value))),
         }
     }
-    let id = match record.key {
-        Some(key) => match String::from_utf8(key) {
+    let id = match &record.key {
+        Some(key) => match std::str::from_utf8(key) {
             Ok(text) => {
-                headers.push((KEY_HEADER.into(), text.clone()));
-                Some(text)
+                headers.push((KEY_HEADER.into(), text.to_string()));
+                Some(text.to_string())
             }
-            Err(e) => {
-                headers.push((KEY_HEX_HEADER.into(), hex::encode(e.as_bytes())));
+            Err(_) => {
+                headers.push((KEY_HEX_HEADER.into(), hex::encode(key)));
                 None
             }
         },
@@ -127,10 +108,10 @@ fn message(place: &Place, record: KafkaRecord, handle: u64) -> Message {
     Message {
         handle,
         id,
-        body: record.value.unwrap_or_default(),
+        body: record.value.clone().unwrap_or_default(),
         headers,
         deliveries: 1,
-        origin: origin.filter(|o| o != &place.topic),
+        origin: origin.filter(|o| o != topic),
     }
 }
 
@@ -185,7 +166,12 @@ fn observe(
 ) -> Result<Option<Verdict>, Error> {
     let key = format!("trend/{conn}/{topic}/{group}");
     let mut window: Vec<Observation> = match state::get(&key)? {
-        Some(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
+        Some(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            log::warn(&format!(
+                "the lag window of {group} on {topic} is unreadable ({e}); starting a new one"
+            ));
+            Vec::new()
+        }),
         None => Vec::new(),
     };
     window.push(reading);
@@ -210,7 +196,22 @@ impl Adapter for KafkaAdapter {
     fn stats(conn: String, queue: String) -> Result<QueueStats, Error> {
         let (topic, group) = split(&queue);
         let offsets = kafka::offsets(&conn, topic, group)?;
-        let mut extra = vec![("partitions".to_string(), offsets.len() as f64)];
+        let mut stats = QueueStats {
+            depth: 0,
+            in_flight: 0,
+            consumers: None,
+            oldest_age_ms: None,
+            publish_rate: None,
+            ack_rate: None,
+            redelivered: None,
+            dead_letter: None,
+            trend: None,
+            extra: vec![("partitions".to_string(), offsets.len() as f64)],
+        };
+        let Some(group) = group else {
+            stats.depth = offsets.iter().map(|o| o.high.saturating_sub(o.low)).sum();
+            return Ok(stats);
+        };
         let readings: Vec<Reading> = offsets
             .iter()
             .map(|o| Reading {
@@ -220,27 +221,17 @@ impl Adapter for KafkaAdapter {
                 high: o.high,
             })
             .collect();
-        let Some(group) = group else {
-            let depth = offsets.iter().map(|o| o.high.saturating_sub(o.low)).sum();
-            return Ok(QueueStats {
-                depth,
-                in_flight: 0,
-                consumers: None,
-                oldest_age_ms: None,
-                publish_rate: None,
-                ack_rate: None,
-                redelivered: None,
-                dead_letter: None,
-                trend: None,
-                extra,
-            });
-        };
         let info = kafka::describe_group(&conn, group)?;
-        extra.push(("members".into(), f64::from(info.members)));
+        stats
+            .extra
+            .push(("members".into(), f64::from(info.members)));
         for r in &readings {
-            extra.push((format!("lag.{}", r.partition), r.lag() as f64));
+            stats
+                .extra
+                .push((format!("lag.{}", r.partition), r.lag() as f64));
         }
-        let depth = readings.iter().map(Reading::lag).sum();
+        stats.depth = readings.iter().map(Reading::lag).sum();
+        stats.consumers = Some(info.members);
         let judged = observe(
             &conn,
             topic,
@@ -251,26 +242,16 @@ impl Adapter for KafkaAdapter {
                 partitions: readings,
             },
         )?;
-        let trend = judged.map(|verdict| {
+        stats.trend = judged.map(|verdict| {
             for (partition, trend) in verdict.partitions {
                 if trend != Trend::Ok {
-                    extra.push((format!("trend.{}.{}", trend.as_str(), partition), 1.0));
+                    let name = format!("trend.{}.{}", trend.as_str(), partition);
+                    stats.extra.push((name, 1.0));
                 }
             }
             verdict.group.as_str().to_string()
         });
-        Ok(QueueStats {
-            depth,
-            in_flight: 0,
-            consumers: Some(info.members),
-            oldest_age_ms: None,
-            publish_rate: None,
-            ack_rate: None,
-            redelivered: None,
-            dead_letter: None,
-            trend,
-            extra,
-        })
+        Ok(stats)
     }
 
     fn list(conn: String, pattern: String) -> Result<Vec<String>, Error> {
@@ -284,7 +265,7 @@ impl Adapter for KafkaAdapter {
         let (topic, group) = split(&queue);
         let group = group.map_or_else(|| default_group(topic), str::to_string);
         let records = kafka::consume(&conn, topic, &group, max, wait_ms)?;
-        LEDGER.with_borrow_mut(|ledger| {
+        Ok(LEDGER.with_borrow_mut(|ledger| {
             records
                 .into_iter()
                 .map(|record| {
@@ -294,21 +275,24 @@ impl Adapter for KafkaAdapter {
                         group: group.clone(),
                         partition: record.partition,
                     };
-                    ledger.next_handle += 1;
-                    let handle = ledger.next_handle;
-                    ledger
-                        .handles
-                        .insert(handle, (place.clone(), record.offset));
-                    ledger
-                        .partitions
-                        .entry(place.clone())
-                        .or_default()
-                        .unsettled
-                        .insert(record.offset, handle);
-                    Ok(message(&place, record, handle))
+                    let offset = record.offset;
+                    // Kept to write it again if it is requeued.
+                    let again = Producing {
+                        topic: topic.to_string(),
+                        partition: Some(record.partition),
+                        key: record.key.clone(),
+                        value: record.value.clone(),
+                        headers: record.headers.clone(),
+                    };
+                    let handle = ledger.receive(Held {
+                        place,
+                        offset,
+                        record: again,
+                    });
+                    message(topic, &record, handle)
                 })
                 .collect()
-        })
+        }))
     }
 
     fn publish(conn: String, msgs: Vec<Outgoing>) -> Result<(), Error> {
@@ -320,69 +304,27 @@ impl Adapter for KafkaAdapter {
     }
 
     fn settle(conn: String, handles: Vec<u64>, how: Settlement) -> Result<(), Error> {
-        match how {
-            Settlement::DeadLetter => {
-                return Err(Error::invalid(
-                    "Kafka has no broker-side dead-lettering; publish the records to a \
-                     dead-letter topic, then ack them",
-                ));
-            }
-            // The records stay unsettled, so no commit passes them.
-            Settlement::Requeue => return Ok(()),
-            Settlement::Ack => {}
-        }
-        let commits = LEDGER.with_borrow_mut(|ledger| -> Result<_, Error> {
-            let mut touched = Vec::new();
-            for handle in &handles {
-                let (place, offset) = ledger.handles.remove(handle).ok_or_else(|| {
-                    Error::invalid(format!(
-                        "handle {handle} was not received in this run or is already acked"
-                    ))
-                })?;
-                if place.conn != conn {
-                    return Err(Error::invalid(format!(
-                        "handle {handle} was received on `{}`, not `{conn}`",
-                        place.conn
-                    )));
+        let again: Vec<Producing> = LEDGER.with_borrow(|ledger| {
+            let held = ledger.get(&conn, &handles)?;
+            Ok::<_, Error>(match how {
+                Settlement::Ack => Vec::new(),
+                Settlement::Requeue => held.iter().map(|h| h.record.clone()).collect(),
+                Settlement::DeadLetter => {
+                    return Err(Error::invalid(
+                        "Kafka has no broker-side dead-lettering; publish the records to a \
+                         dead-letter topic, then ack them",
+                    ));
                 }
-                let p = ledger.partitions.entry(place.clone()).or_default();
-                p.unsettled.remove(&offset);
-                p.acked = p.acked.max(Some(offset));
-                touched.push(place);
-            }
-            touched.sort();
-            touched.dedup();
-            // Per (topic, group): the partitions whose commit point moved.
-            let mut commits: BTreeMap<(String, String), Vec<(u32, u64)>> = BTreeMap::new();
-            for place in touched {
-                let p = ledger.partitions.entry(place.clone()).or_default();
-                let Some(acked) = p.acked else { continue };
-                let next = match p.unsettled.keys().next() {
-                    Some(first) => (*first).min(acked + 1),
-                    None => acked + 1,
-                };
-                if p.committed.is_none_or(|c| next > c) {
-                    commits
-                        .entry((place.topic, place.group))
-                        .or_default()
-                        .push((place.partition, next));
-                }
-            }
-            Ok(commits)
+            })
         })?;
-        for ((topic, group), offsets) in commits {
-            kafka::commit(&conn, &topic, &group, &offsets)?;
-            LEDGER.with_borrow_mut(|ledger| {
-                for &(partition, next) in &offsets {
-                    let place = Place {
-                        conn: conn.clone(),
-                        topic: topic.clone(),
-                        group: group.clone(),
-                        partition,
-                    };
-                    ledger.partitions.entry(place).or_default().committed = Some(next);
-                }
-            });
+        // A requeued record goes back to the end of its topic before the commit may pass it.
+        if !again.is_empty() {
+            kafka::produce(&conn, &again)?;
+        }
+        let commits = LEDGER.with_borrow_mut(|ledger| ledger.settle(&handles));
+        for (place, offsets) in commits {
+            kafka::commit(&conn, &place.0, &place.1, &offsets)?;
+            LEDGER.with_borrow_mut(|ledger| ledger.committed(&conn, &place, &offsets));
         }
         Ok(())
     }

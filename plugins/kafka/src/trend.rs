@@ -4,7 +4,8 @@
 //! Each `stats` call on `topic:group` adds one observation; the window is the last
 //! [`WINDOW`] of them, so the cadence of whatever calls `stats` (a playbook's schedule) sets
 //! its length in time. Per partition, in this order:
-//! - **REWIND**: the committed offset went backwards between two observations.
+//! - **REWIND**: the committed offset went backwards between two observations, or vanished
+//!   (the group's offsets were deleted).
 //! - **OK**: lag was zero at some observation (the group caught up within the window).
 //! - **STOP**: the committed offset never moved and the group has no members: nobody is
 //!   consuming, so nobody commits.
@@ -104,7 +105,14 @@ pub(crate) fn judge(window: &[Observation]) -> Option<Verdict> {
                     .copied()
             })
             .collect();
-        verdicts.push((reading.partition, partition_trend(&series, last.members)));
+        // A partition new to the window (added to the topic) is not judged until it has enough
+        // readings of its own.
+        let trend = if series.len() < MIN_OBSERVATIONS {
+            Trend::Ok
+        } else {
+            partition_trend(&series, last.members)
+        };
+        verdicts.push((reading.partition, trend));
     }
     let group = verdicts.iter().map(|(_, t)| *t).max().unwrap_or(Trend::Ok);
     Some(Verdict {
