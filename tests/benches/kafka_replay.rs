@@ -78,7 +78,8 @@ async fn rdkafka_loop(origin: &str, dlq: &str) -> Duration {
         .set("bootstrap.servers", BOOTSTRAP)
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("linger.ms", "5")
+        // As the agent's producer is configured.
+        .set("linger.ms", "1")
         .create()
         .expect("producer");
     let started = Instant::now();

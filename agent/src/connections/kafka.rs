@@ -80,7 +80,8 @@ impl KafkaPool {
     }
 
     /// The connection's producer: idempotent (so librdkafka's retries never duplicate a record)
-    /// with `acks=all`.
+    /// with `acks=all`. Calls hand it whole batches, so lingering only delays: 1 ms measured
+    /// fastest in the replay benchmark (5 ms: 0.78× of it; 0 ms: 0.87×).
     fn producer(&self, conn: &str) -> Result<FutureProducer, WitError> {
         let mut guard = self
             .producer
@@ -93,7 +94,7 @@ impl KafkaPool {
             .config(conn)?
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("linger.ms", "5")
+            .set("linger.ms", "1")
             .set("message.timeout.ms", "60000")
             .create()
             .map_err(|e| unavailable(conn, "cannot create a producer", &e))?;
