@@ -6,6 +6,25 @@ pub use wit::types::{Error, Message, Outgoing, QueueStats, Settlement};
 
 // wit-bindgen derives `Display` and `std::error::Error` for the WIT `error` variant.
 
+impl QueueStats {
+    /// Stats with this depth and nothing else known, for an adapter to fill in what its broker
+    /// tells.
+    pub fn with_depth(depth: u64) -> Self {
+        QueueStats {
+            depth,
+            in_flight: 0,
+            consumers: None,
+            oldest_age_ms: None,
+            publish_rate: None,
+            ack_rate: None,
+            redelivered: None,
+            dead_letter: None,
+            trend: None,
+            extra: Vec::new(),
+        }
+    }
+}
+
 impl Error {
     /// An `invalid` error, for bad parameters.
     pub fn invalid(msg: impl Into<String>) -> Self {

@@ -1,6 +1,6 @@
-//! Kafka over rdkafka: per configured connection one idempotent producer and one metadata
-//! client per consumer group, shared by every call; per adapter instance one group-less
-//! consumer per topic and group.
+//! Kafka over rdkafka: per configured connection one idempotent producer and one offsets client
+//! per consumer group, shared by every call; per adapter instance one group-less consumer per
+//! topic and group.
 //!
 //! Consumers never join their group. They are assigned every partition at the group's committed
 //! offsets, and commits go out as a standalone consumer's would (no generation), which is meant
@@ -427,9 +427,10 @@ impl KafkaSession {
         while records.len() < max as usize {
             let next = match tokio::time::timeout(limit, consumer.recv()).await {
                 Err(_) => break,
-                // Records already taken are returned; the next call reports the error. Without
-                // any, the consumer is dropped, so the next call starts again at the committed
-                // offsets and nothing this consumer skipped can be committed past.
+                // Records already taken are returned and the consumer goes on; if the error
+                // lasts, the next call meets it with none. Then the consumer is dropped, so the
+                // call after starts again at the committed offsets and nothing this consumer
+                // skipped can be committed past.
                 Ok(Err(_)) if !records.is_empty() => break,
                 Ok(Err(e)) => {
                     self.consumers.remove(&key);

@@ -197,16 +197,8 @@ impl Adapter for KafkaAdapter {
         let (topic, group) = split(&queue);
         let offsets = kafka::offsets(&conn, topic, group)?;
         let mut stats = QueueStats {
-            depth: 0,
-            in_flight: 0,
-            consumers: None,
-            oldest_age_ms: None,
-            publish_rate: None,
-            ack_rate: None,
-            redelivered: None,
-            dead_letter: None,
-            trend: None,
             extra: vec![("partitions".to_string(), offsets.len() as f64)],
+            ..QueueStats::with_depth(0)
         };
         let Some(group) = group else {
             stats.depth = offsets.iter().map(|o| o.high.saturating_sub(o.low)).sum();

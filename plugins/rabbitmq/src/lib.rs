@@ -231,16 +231,9 @@ impl Adapter for RabbitMq {
                 })
             }
             (None, Some(info)) => Ok(QueueStats {
-                depth: u64::from(info.messages),
-                in_flight: 0,
                 consumers: Some(info.consumers),
-                oldest_age_ms: None,
-                publish_rate: None,
-                ack_rate: None,
-                redelivered: None,
-                dead_letter: None,
-                trend: None,
                 extra: vec![("source.passive-declare".into(), 1.0)],
+                ..QueueStats::with_depth(u64::from(info.messages))
             }),
             (None, None) => Err(Error::Unavailable(format!(
                 "neither AMQP nor the management API answered for `{queue}` on `{conn}`"

@@ -42,16 +42,8 @@ impl Adapter for HttpAdapter {
             .parse()
             .map_err(|_| Error::internal(format!("`{body}` is not a depth")))?;
         Ok(QueueStats {
-            depth,
-            in_flight: 0,
-            consumers: None,
-            oldest_age_ms: None,
-            publish_rate: None,
-            ack_rate: None,
-            redelivered: None,
-            dead_letter: None,
-            trend: None,
             extra: vec![("status".into(), f64::from(status))],
+            ..QueueStats::with_depth(depth)
         })
     }
 

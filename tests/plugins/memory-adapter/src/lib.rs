@@ -77,16 +77,11 @@ impl Adapter for MemoryAdapter {
             }
         }
         Ok(QueueStats {
-            depth: stored.len() as u64,
             in_flight: in_flight as u64,
             consumers: Some(1),
-            oldest_age_ms: None,
-            publish_rate: None,
-            ack_rate: None,
-            redelivered: None,
             dead_letter: Some(format!("{queue}.dlq")),
-            trend: None,
             extra,
+            ..QueueStats::with_depth(stored.len() as u64)
         })
     }
 
