@@ -543,7 +543,11 @@ fn partitions<C: Consumer>(
         .find(|t| t.name() == topic)
         .ok_or_else(missing)?;
     if let Some(code) = t.error() {
-        let e = KafkaError::MetadataFetch(RDKafkaErrorCode::from(code));
+        let code = RDKafkaErrorCode::from(code);
+        if code == RDKafkaErrorCode::UnknownTopicOrPartition {
+            return Err(missing());
+        }
+        let e = KafkaError::MetadataFetch(code);
         return Err(failed(
             conn,
             topic,
