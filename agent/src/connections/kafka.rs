@@ -116,6 +116,9 @@ impl KafkaPool {
             .lock()
             .map_err(|_| WitError::Internal(format!("Kafka clients of `{conn}` are poisoned")))?;
         if let Some(c) = groups.get(group) {
+            // Nothing else polls these clients: serve the events (errors, logs) librdkafka
+            // queued since the last use, so they do not pile up. It never waits.
+            let _ = c.poll(Duration::ZERO);
             return Ok(c.clone());
         }
         let client: BaseConsumer = self
