@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use qmedic_tests::kafka::{
     BOOTSTRAP, Batching, Record, connection_yaml, create_topic, produce, unique,
 };
-use qmedic_tests::runtime;
+use qmedic_tests::timed_redrive;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
@@ -43,20 +43,8 @@ async fn fill() -> (String, String) {
 }
 
 async fn qmedic_replay(dlq: &str) -> Duration {
-    let rt = runtime(&format!(
-        "runtime:\n  limits:\n    timeout: 10m\n{}",
-        connection_yaml()
-    ));
     let params = json!({ "connection": "kafka", "queue": dlq, "max": N, "batch": BATCH });
-    let started = Instant::now();
-    let report = rt
-        .call_action("reprocess-dlq", &params.to_string())
-        .await
-        .outcome
-        .expect("replay");
-    let elapsed = started.elapsed();
-    assert!(report.contains(&format!("\"moved\":{N}")), "{report}");
-    elapsed
+    timed_redrive(&connection_yaml(), params, N).await
 }
 
 async fn rdkafka_loop(origin: &str, dlq: &str) -> Duration {

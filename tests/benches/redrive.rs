@@ -15,7 +15,7 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use qmedic_tests::rabbit::{AMQP, connection_yaml, depth, fresh_queue, management};
-use qmedic_tests::runtime;
+use qmedic_tests::timed_redrive;
 use serde_json::json;
 
 const N: usize = 100_000;
@@ -43,20 +43,8 @@ async fn fill(ch: &Channel) {
 }
 
 async fn qmedic_redrive() -> Duration {
-    let rt = runtime(&format!(
-        "runtime:\n  limits:\n    timeout: 10m\n{}",
-        connection_yaml("http://127.0.0.1:15672/api")
-    ));
     let params = json!({ "connection": "rabbit", "queue": SRC, "to": DST, "max": N, "batch": BATCH, "force": true });
-    let started = Instant::now();
-    let report = rt
-        .call_action("reprocess-dlq", &params.to_string())
-        .await
-        .outcome
-        .expect("redrive");
-    let elapsed = started.elapsed();
-    assert!(report.contains(&format!("\"moved\":{N}")), "{report}");
-    elapsed
+    timed_redrive(&connection_yaml("http://127.0.0.1:15672/api"), params, N).await
 }
 
 async fn lapin_loop(conn: &Connection) -> Duration {

@@ -89,6 +89,24 @@ pub fn run_request(params: &[(&str, &str)], dry_run: bool) -> qmedic::RunRequest
     }
 }
 
+/// Run `reprocess-dlq` with `params` in an agent for `connections` (a `connections:` block) whose
+/// calls may take 10 minutes; assert it moved `moved` messages and return how long it took. For
+/// the throughput benchmarks.
+pub async fn timed_redrive(connections: &str, params: Value, moved: usize) -> std::time::Duration {
+    let rt = runtime(&format!(
+        "runtime:\n  limits:\n    timeout: 10m\n{connections}"
+    ));
+    let started = std::time::Instant::now();
+    let report = rt
+        .call_action("reprocess-dlq", &params.to_string())
+        .await
+        .outcome
+        .expect("redrive");
+    let elapsed = started.elapsed();
+    assert!(report.contains(&format!("\"moved\":{moved}")), "{report}");
+    elapsed
+}
+
 /// Median and 99th percentile of `samples`, for the benchmarks' tables.
 pub fn percentiles(mut samples: Vec<f64>) -> (f64, f64) {
     samples.sort_by(f64::total_cmp);
