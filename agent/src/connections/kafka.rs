@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -428,7 +429,12 @@ impl KafkaSession {
         let mut records = Vec::new();
         let mut limit = wait;
         while records.len() < max as usize {
-            let next = match tokio::time::timeout(limit, consumer.recv()).await {
+            // A record librdkafka already holds is taken without arming a timer.
+            let next = match consumer.recv().now_or_never() {
+                Some(ready) => Ok(ready),
+                None => tokio::time::timeout(limit, consumer.recv()).await,
+            };
+            let next = match next {
                 Err(_) => break,
                 // Records already taken are returned and the consumer goes on; if the error
                 // lasts, the next call meets it with none. Then the consumer is dropped, so the
