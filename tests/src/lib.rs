@@ -89,6 +89,26 @@ pub fn run_request(params: &[(&str, &str)], dry_run: bool) -> qmedic::RunRequest
     }
 }
 
+/// An executor for an agent with `connections` (a `connections:` block) and a SQLite store in
+/// `dir`, and the shipped `playbooks/<name>.yaml` loaded and validated against that agent.
+pub async fn shipped_playbook(
+    connections: &str,
+    name: &str,
+    dir: &Path,
+) -> (qmedic::Executor, qmedic::playbook::Playbook) {
+    let cfg = config(connections);
+    let runtime = Runtime::new(&cfg).expect("runtime");
+    let catalog = qmedic::playbook::Catalog::new(&runtime, &cfg);
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../playbooks/{name}.yaml"));
+    let playbook = qmedic::playbook::load(&file, &catalog)
+        .unwrap_or_else(|e| panic!("the shipped playbook {name} is invalid: {e}"));
+    let store = qmedic::store::open(dir.join("runs.db").to_str().expect("utf-8"))
+        .await
+        .expect("store");
+    let executor = qmedic::Executor::new(runtime, store, "test".into(), qmedic::Metrics::new());
+    (executor, playbook)
+}
+
 /// Run `reprocess-dlq` with `params` in an agent for `connections` (a `connections:` block) whose
 /// calls may take 10 minutes; assert it moved `moved` messages and return how long it took. For
 /// the throughput benchmarks.

@@ -2,17 +2,15 @@
 //! warns while the consumer group is stalled and leaves the dead letters alone, then replays
 //! them all once the group is OK.
 
-use std::path::Path;
 use std::time::Duration;
 
-use qmedic::playbook::{Catalog, Outcome, RunSummary};
+use qmedic::playbook::{Outcome, RunSummary};
 use qmedic::store::StepRecord;
-use qmedic::{Executor, Metrics};
 use qmedic_tests::kafka::{
     Batching, Member, Record, commit, connection_yaml, create_topic, key_counts, produce, read_all,
     unique,
 };
-use qmedic_tests::{config, run_request};
+use qmedic_tests::{run_request, shipped_playbook};
 
 fn step<'a>(s: &'a RunSummary, id: &str) -> &'a StepRecord {
     s.steps
@@ -44,15 +42,8 @@ async fn the_replay_playbook_warns_on_a_stall_and_replays_once_the_group_is_ok()
     commit(&group, &topic, &[(0, 4)]).await;
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = config(&connection_yaml());
-    let runtime = qmedic::Runtime::new(&cfg).expect("runtime");
-    let catalog = Catalog::new(&runtime, &cfg);
-    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../playbooks/kafka-dlq-replay.yaml");
-    let playbook = qmedic::playbook::load(&file, &catalog).expect("the shipped playbook is valid");
-    let store = qmedic::store::open(dir.path().join("runs.db").to_str().expect("utf-8"))
-        .await
-        .expect("store");
-    let executor = Executor::new(runtime, store, "test".into(), Metrics::new());
+    let (executor, playbook) =
+        shipped_playbook(&connection_yaml(), "kafka-dlq-replay", dir.path()).await;
     let params = [
         ("connection", "kafka"),
         ("topic", topic.as_str()),

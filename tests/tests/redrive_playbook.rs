@@ -2,19 +2,17 @@
 //! leaves the dead letters alone while their origin has no consumer, and moves them all once it
 //! has one.
 
-use std::path::Path;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::BasicProperties;
 use lapin::options::BasicPublishOptions;
 use lapin::types::FieldTable;
-use qmedic::playbook::{Catalog, Outcome};
-use qmedic::{Executor, Metrics};
+use qmedic::playbook::Outcome;
 use qmedic_tests::rabbit::{
     channel, connection_yaml, dead_lettering_queue, depth, fresh_queue, reject_all, watch,
 };
-use qmedic_tests::{config, run_request};
+use qmedic_tests::{run_request, shipped_playbook};
 
 const ORIGIN: &str = "qmedic.pb.orders";
 const DLQ: &str = "qmedic.pb.orders.dlq";
@@ -51,15 +49,9 @@ async fn the_redrive_playbook_waits_for_a_healthy_consumer_then_moves_everything
     reject_all(&ch, ORIGIN, 40, DLQ).await;
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = config(&connection_yaml("http://127.0.0.1:15672/api"));
-    let runtime = qmedic::Runtime::new(&cfg).expect("runtime");
-    let catalog = Catalog::new(&runtime, &cfg);
-    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../playbooks/rabbitmq-dlq-redrive.yaml");
-    let playbook = qmedic::playbook::load(&file, &catalog).expect("the shipped playbook is valid");
-    let store = qmedic::store::open(dir.path().join("runs.db").to_str().expect("utf-8"))
-        .await
-        .expect("store");
-    let executor = Executor::new(runtime, store, "test".into(), Metrics::new());
+    let connections = connection_yaml("http://127.0.0.1:15672/api");
+    let (executor, playbook) =
+        shipped_playbook(&connections, "rabbitmq-dlq-redrive", dir.path()).await;
 
     // No consumer on the origin: the redrive step is skipped and nothing moves.
     let s = executor.run(&playbook, request()).await.expect("run");
