@@ -131,14 +131,23 @@ fn producing(m: Outgoing) -> Result<Producing, Error> {
             key.get_or_insert(value.into_bytes());
         } else if name == KEY_HEX_HEADER {
             let bytes = hex::decode(&value).map_err(|e| {
-                Error::invalid(format!("header {KEY_HEX_HEADER} is not hex ({e}): {value}"))
+                Error::invalid(format!(
+                    "a message for `{}` has header {KEY_HEX_HEADER} that is not hex ({e}); \
+                     it must hold the key as the adapter gave it",
+                    m.destination
+                ))
             })?;
             key.get_or_insert(bytes);
         } else if name == NULL_VALUE_HEADER {
             null_value = value == "true";
         } else if let Some(original) = name.strip_prefix(HEX_PREFIX) {
-            let bytes = hex::decode(&value)
-                .map_err(|e| Error::invalid(format!("header {name} is not hex ({e})")))?;
+            let bytes = hex::decode(&value).map_err(|e| {
+                Error::invalid(format!(
+                    "a message for `{}` has header {name} that is not hex ({e}); it must hold \
+                     the value as the adapter gave it",
+                    m.destination
+                ))
+            })?;
             headers.push((original.to_string(), bytes));
         } else if !name.starts_with("kafka.") {
             headers.push((name, value.into_bytes()));
